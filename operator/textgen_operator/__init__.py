@@ -1,0 +1,1 @@
+"""kopf operator: TextGenService -> KubeRay RayService."""

@@ -1,0 +1,302 @@
+#!/usr/bin/env bash
+# A real local Kubernetes control plane plus the real KubeRay operator, all on 127.0.0.1 (the envtest pattern):
+# etcd, kube-apiserver, kube-controller-manager (k8s.io/kubernetes built from its Go module) and the KubeRay
+# operator (--use-kubernetes-proxy), with KubeRay's CRDs applied. No scheduler and no kubelet: pods stay Pending.
+#
+#   hack/cluster/cluster.sh up       # build if needed, start, wait until ready (idempotent)
+#   hack/cluster/cluster.sh down     # stop every process it started (by PID) and remove the state (idempotent)
+#   hack/cluster/cluster.sh status   # processes, memory (RSS), readiness
+#   hack/cluster/cluster.sh env      # print `export KUBECONFIG=...`
+#
+# State lives in $CLUSTER_DIR (default .cluster/): kubeconfig, pki/, etcd/, logs/, pids/, ports.env.
+# Ports are picked free at every `up` (several clones can run side by side).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+BIN="${BIN:-$ROOT/.cache/bin}"
+STATE="${CLUSTER_DIR:-$ROOT/.cluster}"
+PY="${PY:-$ROOT/.venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+KUBECONFIG_OUT="$STATE/kubeconfig"
+PIDS="$STATE/pids"
+LOGS="$STATE/logs"
+PKI="$STATE/pki"
+# Start order; `down` stops them in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kuberay-operator)
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- processes
+
+# pid_of NAME: the recorded PID if that process is alive and still runs our binary, else nothing.
+pid_of() {
+  local f="$PIDS/$1.pid" pid exe
+  [ -f "$f" ] || return 0
+  pid="$(cat "$f" 2>/dev/null || true)"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+  exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
+  # A recycled PID runs some other program: never signal that.
+  case "$exe" in "$BIN/$1"|"$BIN/$1 (deleted)") echo "$pid" ;; esac
+}
+
+stop_pid() { # name pid
+  local name="$1" pid="$2" i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || { log "stopped $name (pid $pid)"; return 0; }
+    sleep 0.1
+  done
+  log "$name (pid $pid) ignored SIGTERM for 5 s: SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+  for i in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+}
+
+# Processes of ours whose PID file was lost (e.g. .cluster/ removed by hand while they ran): matched by the
+# exact binary path under this checkout's .cache/bin AND this checkout's state folder on their command line.
+orphans_of() {
+  local name="$1" p exe
+  for p in /proc/[0-9]*; do
+    exe="$(readlink "$p/exe" 2>/dev/null || true)"
+    [ "$exe" = "$BIN/$name" ] || [ "$exe" = "$BIN/$name (deleted)" ] || continue
+    if tr '\0' '\n' < "$p/cmdline" 2>/dev/null | grep -qF "$STATE/"; then echo "${p#/proc/}"; fi
+  done
+}
+
+start_component() { # name, args...
+  local name="$1"; shift
+  mkdir -p "$PIDS" "$LOGS"
+  # setsid: own session, so the caller's terminal or make's process group ending does not take it down.
+  setsid "$BIN/$name" "$@" > "$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! > "$PIDS/$name.pid"
+  log "started $name (pid $!, log $LOGS/$name.log)"
+}
+
+# wait_for NAME SECONDS CMD...: poll CMD until it succeeds; fail early when NAME's process died.
+wait_for() {
+  local name="$1" secs="$2"; shift 2
+  local deadline=$(( $(date +%s) + secs ))
+  until "$@" >/dev/null 2>&1; do
+    if [ -z "$(pid_of "$name")" ]; then
+      log "$name exited; last lines of $LOGS/$name.log:"; tail -n 30 "$LOGS/$name.log" >&2 || true
+      return 1
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      log "$name not ready after ${secs}s; last lines of $LOGS/$name.log:"; tail -n 30 "$LOGS/$name.log" >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+free_ports() { # N: print N distinct free loopback TCP ports
+  "$PY" - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# ---------------------------------------------------------------- PKI and kubeconfig
+
+make_pki() {
+  mkdir -p "$PKI"
+  (
+    cd "$PKI"
+    umask 077
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+      -subj "/CN=textgen-local-ca" 2>/dev/null
+    sign() { # name subject extensions
+      openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 \
+        -extfile <(printf '%b' "$3") 2>/dev/null
+      rm -f "$1.csr"
+    }
+    sign apiserver "/CN=kube-apiserver" \
+      "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+    # system:masters: cluster-admin for the user, the controller manager and the KubeRay operator.
+    sign admin "/O=system:masters/CN=textgen-admin" \
+      "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  )
+}
+
+write_kubeconfig() { # port
+  local b64="base64 -w0"
+  cat > "$KUBECONFIG_OUT.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: textgen-local
+  cluster:
+    server: https://127.0.0.1:$1
+    certificate-authority-data: $($b64 < "$PKI/ca.crt")
+users:
+- name: textgen-admin
+  user:
+    client-certificate-data: $($b64 < "$PKI/admin.crt")
+    client-key-data: $($b64 < "$PKI/admin.key")
+contexts:
+- name: textgen-local
+  context:
+    cluster: textgen-local
+    user: textgen-admin
+    namespace: default
+current-context: textgen-local
+EOF
+  chmod 600 "$KUBECONFIG_OUT.tmp"
+  mv "$KUBECONFIG_OUT.tmp" "$KUBECONFIG_OUT"
+}
+
+# ---------------------------------------------------------------- readiness probes
+
+api_ready() {
+  [ -f "$STATE/ports.env" ] || return 1
+  # shellcheck disable=SC1091
+  . "$STATE/ports.env"
+  [ "$(curl -sS --max-time 3 --cacert "$PKI/ca.crt" "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null)" = ok ]
+}
+etcd_ready() { curl -sS --max-time 3 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'; }
+kcm_ready() { [ "$(curl -sSk --max-time 3 "https://127.0.0.1:$KCM_PORT/healthz" 2>/dev/null)" = ok ]; }
+kuberay_ready() { [ "$(curl -sS --max-time 3 "http://127.0.0.1:$KUBERAY_PROBE_PORT/readyz" 2>/dev/null)" = ok ]; }
+
+all_running() {
+  local c
+  for c in "${COMPONENTS[@]}"; do [ -n "$(pid_of "$c")" ] || return 1; done
+  api_ready && kcm_ready && kuberay_ready
+}
+
+# ---------------------------------------------------------------- commands
+
+cmd_down() {
+  local c pid found=0
+  for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
+    c="${COMPONENTS[$i]}"
+    pid="$(pid_of "$c")"
+    if [ -n "$pid" ]; then stop_pid "$c" "$pid"; found=1; fi
+    for pid in $(orphans_of "$c"); do log "stopping orphaned $c (pid $pid)"; stop_pid "$c" "$pid"; found=1; done
+  done
+  rm -rf "$STATE"
+  [ "$found" = 1 ] && log "cluster down, state removed ($STATE)" || log "no cluster running; state removed ($STATE)"
+}
+
+print_usage() {
+  . "$STATE/ports.env"
+  cat <<EOF
+
+Local control plane is up: Kubernetes $(cat "$ROOT/.cache/kuberay/kube-version" 2>/dev/null) at https://127.0.0.1:$API_PORT, KubeRay operator $(cat "$ROOT/.cache/kuberay/kuberay-version" 2>/dev/null) running.
+  export KUBECONFIG=$KUBECONFIG_OUT PATH=$BIN:\$PATH
+  kubectl get rayclusters,rayservices -A
+  kubectl apply -f .cache/kuberay/samples/ray-service.sample.yaml   # pods stay Pending: no scheduler, no kubelet
+Logs: $LOGS/   Stop: make cluster-down
+EOF
+}
+
+cmd_up() {
+  local t0; t0=$(date +%s)
+  "$HERE/build.sh"
+  for b in etcd kube-apiserver kube-controller-manager kuberay-operator kubectl; do
+    [ -x "$BIN/$b" ] || die "$BIN/$b missing after build"
+  done
+  if all_running; then
+    log "already running"
+    print_usage
+    return 0
+  fi
+  # Anything half-started or left over from an earlier run: stop it by PID and start clean.
+  cmd_down
+  mkdir -p "$STATE" "$PIDS" "$LOGS"
+  make_pki
+
+  read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT KUBERAY_METRICS_PORT KUBERAY_PROBE_PORT <<<"$(free_ports 6)"
+  cat > "$STATE/ports.env" <<EOF
+ETCD_PORT=$ETCD_PORT
+ETCD_PEER_PORT=$ETCD_PEER_PORT
+API_PORT=$API_PORT
+KCM_PORT=$KCM_PORT
+KUBERAY_METRICS_PORT=$KUBERAY_METRICS_PORT
+KUBERAY_PROBE_PORT=$KUBERAY_PROBE_PORT
+EOF
+  write_kubeconfig "$API_PORT"
+
+  start_component etcd \
+    --name=textgen-local --data-dir="$STATE/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="textgen-local=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync=true --quota-backend-bytes=1073741824 --log-level=warn
+  wait_for etcd 30 etcd_ready || die "etcd did not become healthy"
+
+  start_component kube-apiserver \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+    --cert-dir="$PKI" --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --authorization-mode=RBAC --allow-privileged=true \
+    --endpoint-reconciler-type=none --profiling=false
+  wait_for kube-apiserver 120 api_ready || die "kube-apiserver did not become ready"
+
+  start_component kube-controller-manager \
+    --kubeconfig="$KUBECONFIG_OUT" \
+    --authentication-kubeconfig="$KUBECONFIG_OUT" --authorization-kubeconfig="$KUBECONFIG_OUT" \
+    --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$STATE/kcm-certs" \
+    --leader-elect=false --use-service-account-credentials=false \
+    --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+    --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+    --profiling=false
+
+  # KubeRay's CRDs: server-side apply (the RayService CRD is too large for the last-applied annotation).
+  "$BIN/kubectl" --kubeconfig "$KUBECONFIG_OUT" apply --server-side --force-conflicts \
+    -f "$ROOT/.cache/kuberay/crd/" >/dev/null
+  "$BIN/kubectl" --kubeconfig "$KUBECONFIG_OUT" wait --for condition=established --timeout=60s \
+    crd/rayclusters.ray.io crd/rayjobs.ray.io crd/rayservices.ray.io >/dev/null
+
+  KUBECONFIG="$KUBECONFIG_OUT" start_component kuberay-operator \
+    --use-kubernetes-proxy \
+    --metrics-addr="127.0.0.1:$KUBERAY_METRICS_PORT" \
+    --health-probe-bind-address="127.0.0.1:$KUBERAY_PROBE_PORT" \
+    --enable-leader-election=false \
+    --log-stdout-encoder=console
+
+  wait_for kube-controller-manager 60 kcm_ready || die "kube-controller-manager did not become healthy"
+  wait_for kuberay-operator 60 kuberay_ready || die "KubeRay operator did not become ready"
+  log "ready in $(( $(date +%s) - t0 )) s"
+  print_usage
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+cmd_status() {
+  local c pid rss total=0 rc=0
+  for c in "${COMPONENTS[@]}"; do
+    pid="$(pid_of "$c")"
+    if [ -n "$pid" ]; then
+      rss="$(rss_kib "$pid")"; total=$(( total + rss ))
+      printf '  %-24s pid %-8s RSS %6d MiB\n' "$c" "$pid" $(( rss / 1024 ))
+    else
+      printf '  %-24s not running\n' "$c"; rc=1
+    fi
+  done
+  printf '  %-24s             RSS %6d MiB\n' "total" $(( total / 1024 ))
+  if api_ready; then echo "  API server ready at https://127.0.0.1:$API_PORT  (KUBECONFIG=$KUBECONFIG_OUT)"
+  else echo "  API server not ready"; rc=1; fi
+  return $rc
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) [ -f "$KUBECONFIG_OUT" ] && echo "export KUBECONFIG=$KUBECONFIG_OUT" || die "not up" ;;
+  build) "$HERE/build.sh" "${@:2}" ;;
+  *) echo "usage: $0 up|down|status|env|build" >&2; exit 2 ;;
+esac

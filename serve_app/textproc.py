@@ -1,0 +1,320 @@
+"""Pure request/response helpers of the serve app (no Ray, no torch): unit-testable.
+
+- strict UTF-8 parsing of query strings and JSON bodies (bad bytes are a 400, never a 500);
+- the OpenAI completions request model and its validation against the app's limits;
+- incremental detokenization with stop sequences (``TextStream``);
+- OpenAI-shaped error bodies and completion/SSE payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from urllib.parse import unquote_to_bytes
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_LENGTH = 256
+
+
+class RequestError(Exception):
+    """A client error: becomes an OpenAI-shaped JSON error with ``status`` (4xx)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+        type: str = "invalid_request_error",
+    ):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.param = param
+        self.code = code
+        self.type = type
+
+    def body(self) -> Dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+def error_body(
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: Optional[str] = None,
+    code: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The OpenAI error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+# --------------------------------------------------------------------------- input decoding
+
+
+def parse_query_string(raw: bytes) -> Dict[str, str]:
+    """Parse a raw query string strictly: percent-escapes and raw bytes must be valid UTF-8.
+
+    Starlette's own parser replaces bad bytes with U+FFFD; we want a 400 instead. For repeated
+    keys the first value wins. ``+`` means a space (form encoding), as browsers and curl send it.
+    """
+    params: Dict[str, str] = {}
+    if not raw:
+        return params
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        key, _, value = part.partition(b"=")
+        try:
+            k = unquote_to_bytes(key.replace(b"+", b" ")).decode("utf-8")
+            v = unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RequestError(
+                f"query string is not valid UTF-8 (byte {exc.object[exc.start:exc.start + 1]!r} "
+                f"at offset {exc.start} of a percent-decoded value)",
+                code="invalid_encoding",
+            ) from None
+        params.setdefault(k, v)
+    return params
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Decode a request body as strict UTF-8 JSON; errors are 400s with a clear message."""
+    if not raw or not raw.strip():
+        raise RequestError("request body is empty; expected a JSON object", code="invalid_json")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(
+            f"request body is not valid UTF-8 (bad byte at offset {exc.start})",
+            code="invalid_encoding",
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            code="invalid_json",
+        ) from None
+
+
+# --------------------------------------------------------------------------- request model
+
+
+class CompletionRequest(BaseModel):
+    """The subset of OpenAI's ``POST /v1/completions`` that this server implements.
+
+    Unknown fields are ignored (clients send many); fields we cannot honour are rejected.
+    """
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    model: Optional[str] = None
+    prompt: Union[str, List[str]]
+    max_tokens: Optional[int] = None
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: Optional[Union[str, List[str]]] = None
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+    echo: bool = False
+    user: Optional[str] = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: Union[str, List[str]]) -> Union[str, List[str]]:
+        if isinstance(v, list):
+            if len(v) != 1:
+                raise ValueError("only a single prompt per request is supported (a string or a one-element list)")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: Optional[Union[str, List[str]]]) -> Optional[Union[str, List[str]]]:
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+        for s in stops:
+            if not s:
+                raise ValueError("stop sequences must be non-empty strings")
+            if len(s) > MAX_STOP_LENGTH:
+                raise ValueError(f"stop sequences must be at most {MAX_STOP_LENGTH} characters")
+        return v
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+
+    @property
+    def stop_list(self) -> List[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+def parse_completion_request(data: Any) -> CompletionRequest:
+    """Validate a decoded JSON body; pydantic errors become one readable 400."""
+    if not isinstance(data, dict):
+        raise RequestError("request body must be a JSON object", code="invalid_json")
+    try:
+        return CompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "missing":
+            msg = f"missing required parameter '{param}'"
+        else:
+            msg = f"invalid '{param}': {msg}" if param else msg
+        raise RequestError(msg, param=param, code="invalid_value") from None
+
+
+def resolve_max_tokens(max_tokens: Optional[int], *, default: int, limit: int) -> int:
+    """Apply the default and the configured bounds to ``max_tokens``."""
+    if max_tokens is None:
+        return default
+    if max_tokens < 1:
+        raise RequestError("'max_tokens' must be at least 1", param="max_tokens", code="invalid_value")
+    if max_tokens > limit:
+        raise RequestError(
+            f"'max_tokens' must be at most {limit} on this server (got {max_tokens})",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    return max_tokens
+
+
+def check_prompt_length(n_prompt: int, max_tokens: int, context: int, *, param: str = "prompt") -> None:
+    """The prompt plus the tokens to generate must fit the model's context window."""
+    if n_prompt == 0:
+        raise RequestError(f"'{param}' must not be empty", param=param, code="invalid_value")
+    if n_prompt + max_tokens > context:
+        raise RequestError(
+            f"This model's maximum context length is {context} tokens, but you requested "
+            f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} for the "
+            f"completion). Shorten the prompt or reduce max_tokens.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+# --------------------------------------------------------------------------- detokenization
+
+
+class TextStream:
+    """Turns a stream of token ids into text deltas, honouring stop sequences.
+
+    ``decode`` maps a list of token ids to text (e.g. ``tokenizer.decode``). Text that might be the
+    start of a stop sequence, or an incomplete UTF-8 character (decoded as U+FFFD), is held back
+    until it is resolved, so a client never sees a stop sequence or half a character.
+    """
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], stop: Sequence[str] = ()):
+        self._decode = decode
+        self._stop = [s for s in stop if s]
+        self._ids: List[int] = []
+        self._emitted = 0  # characters of the decoded text already returned
+        self.text = ""  # all text returned so far
+        self.stopped = False  # a stop sequence was found
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self._ids)
+
+    def push(self, token_id: int) -> str:
+        """Add one generated token; return the newly safe text (maybe empty)."""
+        if self.stopped:
+            return ""
+        self._ids.append(int(token_id))
+        full = self._decode(self._ids)
+        # An incomplete multi-byte character decodes to U+FFFD at the end: wait for more bytes.
+        safe_end = len(full)
+        while safe_end > self._emitted and full[safe_end - 1] == "\ufffd":
+            safe_end -= 1
+        return self._advance(full, safe_end, final=False)
+
+    def finish(self) -> str:
+        """The generation ended: release whatever was held back (unless stopped)."""
+        if self.stopped or not self._ids:
+            return ""
+        full = self._decode(self._ids)
+        return self._advance(full, len(full), final=True)
+
+    def _advance(self, full: str, safe_end: int, *, final: bool) -> str:
+        if self._stop:
+            # Look for a stop sequence that may straddle what was already emitted.
+            start = max(0, self._emitted - max(len(s) for s in self._stop) + 1)
+            hits = [i for i in (full.find(s, start, safe_end) for s in self._stop) if i >= 0]
+            if hits:
+                cut = min(hits)
+                delta = full[self._emitted:cut]
+                self._emitted = cut
+                self.text += delta
+                self.stopped = True
+                return delta
+            if not final:
+                safe_end -= _held_back(full[:safe_end], self._stop, self._emitted)
+        if safe_end <= self._emitted:
+            return ""
+        delta = full[self._emitted:safe_end]
+        self._emitted = safe_end
+        self.text += delta
+        return delta
+
+
+def _held_back(text: str, stops: Sequence[str], floor: int) -> int:
+    """Length of the longest suffix of ``text`` (after ``floor``) that starts some stop sequence."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text) - floor), 0, -1):
+            if text.endswith(s[:k]):
+                best = max(best, k)
+                break
+    return best
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def new_completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex}"
+
+
+def completion_body(
+    *,
+    id: str,
+    created: int,
+    model: str,
+    text: str,
+    finish_reason: Optional[str],
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> Dict[str, Any]:
+    return {
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def sse_event(data: Union[Dict[str, Any], str]) -> bytes:
+    """One server-sent event: ``data: <json>\\n\\n`` (or a literal such as ``[DONE]``)."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode("utf-8")
+
+
+def now() -> int:
+    return int(time.time())

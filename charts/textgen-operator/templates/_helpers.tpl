@@ -1,0 +1,120 @@
+{{/* Chart name, truncated to 63 characters (DNS label). */}}
+{{- define "textgen-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: `<release>-<chart>`, or the release name when it already contains the chart name. */}}
+{{- define "textgen-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Chart label value: `<name>-<version>`. */}}
+{{- define "textgen-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels common to every object of the release. */}}
+{{- define "textgen-operator.labels" -}}
+helm.sh/chart: {{ include "textgen-operator.chart" . }}
+{{ include "textgen-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: textgen-operator
+{{- end }}
+
+{{/* Selector labels of the operator pod (stable across upgrades). */}}
+{{- define "textgen-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "textgen-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The operator's ServiceAccount name. */}}
+{{- define "textgen-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "textgen-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The operator image reference. */}}
+{{- define "textgen-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The namespace the operator's namespaced RBAC lives in (the watched namespace). */}}
+{{- define "textgen-operator.watchNamespace" -}}
+{{- .Values.watchNamespace | default "" }}
+{{- end }}
+
+{{/* RBAC rules for the namespaced resources the operator manages (HACKING.md, Operator RBAC). */}}
+{{- define "textgen-operator.namespacedRules" }}
+  # The TextGenService resource: watch it, write its status, read its scale subresource.
+  - apiGroups: ["textgen.dev"]
+    resources: ["textgenservices"]
+    verbs: ["get", "list", "watch", "patch", "update"]
+  - apiGroups: ["textgen.dev"]
+    resources: ["textgenservices/status"]
+    verbs: ["get", "patch", "update"]
+  - apiGroups: ["textgen.dev"]
+    resources: ["textgenservices/scale"]
+    verbs: ["get"]
+  # What the operator creates: KubeRay RayServices (server-side apply), and the RayClusters KubeRay makes.
+  - apiGroups: ["ray.io"]
+    resources: ["rayservices"]
+    verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  - apiGroups: ["ray.io"]
+    resources: ["rayservices/status"]
+    verbs: ["get"]
+  - apiGroups: ["ray.io"]
+    resources: ["rayclusters"]
+    verbs: ["get", "list", "watch"]
+  # Kubernetes Events about reconciliation (kopf posts them too).
+  - apiGroups: [""]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+{{- end }}
+
+{{/* RBAC rules for kopf's CRD discovery (cluster-scoped, read-only). */}}
+{{- define "textgen-operator.discoveryRules" }}
+  # kopf's resource discovery: notice CRDs being added or removed at run time.
+  - apiGroups: ["apiextensions.k8s.io"]
+    resources: ["customresourcedefinitions"]
+    verbs: ["list", "watch"]
+{{- end }}
+
+{{/* KubeRay's Serve Service for a TextGenService: the operator names the RayService after the TextGenService
+and KubeRay exposes it as `<rayservice>-serve-svc` (port 8000). The argument is the TextGenService name. */}}
+{{- define "textgen-operator.serveServiceName" -}}
+{{- printf "%s-serve-svc" . }}
+{{- end }}
+
+{{/* Rules the JSON schema cannot say clearly; each fails the render with a message that names the value. */}}
+{{- define "textgen-operator.validate" -}}
+{{- if eq (toString .Values.image.tag) "latest" }}
+{{- fail "image.tag: `latest` is not allowed; pin a version (empty means the chart's appVersion)" }}
+{{- end }}
+{{- if eq (toString .Values.helmTest.image.tag) "latest" }}
+{{- fail "helmTest.image.tag: `latest` is not allowed; pin a version" }}
+{{- end }}
+{{- $seen := dict }}
+{{- range .Values.textGenServices }}
+{{- $key := printf "%s/%s" (.namespace | default $.Release.Namespace) .name }}
+{{- if hasKey $seen $key }}
+{{- fail (printf "textGenServices: %q is listed twice; names must be unique per namespace" $key) }}
+{{- end }}
+{{- $_ := set $seen $key true }}
+{{- end }}
+{{- if and .Values.helmTest.service (not .Values.helmTest.enabled) }}
+{{- fail "helmTest.service is set but helmTest.enabled is false" }}
+{{- end }}
+{{- end }}

@@ -199,6 +199,34 @@ def test_textgenservice_with_empty_spec_takes_crd_defaults():
     assert tgs_schema_errors(tgs) == []
 
 
+@pytest.mark.parametrize("values", CI_VALUES, ids=[p.name for p in CI_VALUES])
+def test_example_textgenservices_pass_the_operators_own_checks(values):
+    """Beyond the CRD schema: the operator's cross-field rules (validation.parse) accept every example spec."""
+    from textgen_operator import validation
+
+    for tgs in yaml.safe_load(values.read_text()).get("textGenServices", []):
+        parsed, problems = validation.parse(tgs["name"], tgs.get("spec") or {})
+        assert problems == [], (values.name, tgs["name"], problems)
+
+
+def test_kind_textgenservice_fits_kind_nodes():
+    """The e2e TextGenService asks for laptop-sized pods on nodes labelled like the kind workers."""
+    from textgen_operator import builder
+
+    kind = yaml.safe_load((CHART.parents[1] / "manifests" / "kind" / "kind-config.yaml").read_text())
+    worker_labels = [n["labels"] for n in kind["nodes"] if n["role"] == "worker"]
+    (tgs,) = yaml.safe_load((CHART / "ci" / "kind-values.yaml").read_text())["textGenServices"]
+    cluster = builder.build_rayservice(tgs["name"], "textgen-system", tgs["spec"])["spec"]["rayClusterConfig"]
+    cpus = int(cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"])
+    for group in cluster["workerGroupSpecs"]:
+        selector = group["template"]["spec"].get("nodeSelector", {})
+        assert all(any(lbl.get(k) == v for lbl in worker_labels) for k, v in selector.items()), selector
+        requests = group["template"]["spec"]["containers"][0]["resources"]["requests"]
+        cpus += int(requests["cpu"]) * group["maxReplicas"]
+        assert group["template"]["spec"]["containers"][0]["imagePullPolicy"] == "Never"
+    assert cpus <= 4, f"the kind e2e cluster asks for {cpus} CPUs"
+
+
 def test_no_test_pod_without_a_textgenservice():
     assert not by_kind(render_objects(), "Pod")
 

@@ -159,7 +159,7 @@ def test_operator_image_is_slim_and_has_no_torch():
 
 
 def test_serve_image_versions_match_the_operator_and_pyproject():
-    from textgen_operator import RAY_VERSION
+    from textgen_operator.constants import RAY_VERSION
 
     global_args, stages = parse(DOCKERFILES["serve"])
     final = stages[-1]
@@ -196,28 +196,29 @@ def test_serve_image_bakes_gpt2_and_the_app():
     assert "PYTHONPATH=/home/ray/app" in env and "HF_HOME=/models/hf" in env
 
 
-def _walk(node, key):
+def _properties(node, name):
+    """Every schema node of a property called `name`, anywhere in a CRD schema."""
     if isinstance(node, dict):
-        for k, v in node.items():
-            if k == key:
-                yield v
-            yield from _walk(v, key)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _walk(item, key)
+        for key, child in node.get("properties", {}).items():
+            if key == name:
+                yield child
+            yield from _properties(child, name)
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                yield from _properties(node[key], name)
 
 
-def test_crd_defaults_use_the_same_ray_version():
-    """Wherever the CRD's schema defaults a Ray version or a rayproject/ray image, it is RAY_VERSION's."""
-    from textgen_operator import RAY_VERSION
+def test_crd_defaults_use_the_same_ray_version_and_serve_image():
+    """The CRD's default rayVersion is RAY_VERSION, and its default image is the one `make images` builds."""
+    from textgen_operator.constants import DEFAULT_IMAGE, RAY_VERSION
 
-    schema = crd()["spec"]["versions"]
-    defaults = [str(d) for d in _walk(schema, "default")]
-    ray_versions = [d for d in defaults if re.fullmatch(r"\d+\.\d+\.\d+", d) and d.split(".")[0] == "2"]
-    ray_images = [d for d in defaults if "rayproject/ray" in d or "textgen-serve" in d]
-    assert ray_versions or ray_images, "the CRD defaults name no Ray version or image"
-    for v in ray_versions:
-        assert v == RAY_VERSION, f"CRD default {v} != textgen_operator.RAY_VERSION {RAY_VERSION}"
-    for image in ray_images:
-        if "rayproject/ray" in image:
-            assert image.split(":", 1)[1].startswith(RAY_VERSION), image
+    import yaml
+
+    (version,) = crd()["spec"]["versions"]
+    schema = version["schema"]["openAPIV3Schema"]
+    ray_versions = [p.get("default") for p in _properties(schema, "rayVersion")]
+    assert ray_versions == [RAY_VERSION], ray_versions
+    images = [p.get("default") for p in _properties(schema["properties"]["spec"], "image")]
+    assert DEFAULT_IMAGE in images, images
+    app_version = yaml.safe_load((ROOT / "charts" / "textgen-operator" / "Chart.yaml").read_text())["appVersion"]
+    assert DEFAULT_IMAGE == f"textgen-serve:{app_version}", "mk/deploy.mk's SERVE_IMAGE default differs"

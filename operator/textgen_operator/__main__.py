@@ -1,0 +1,59 @@
+"""`python -m textgen_operator` (also the `textgen-operator` script): kopf's own `run`, preset for this operator.
+
+    python -m textgen_operator --namespace demo          # one namespace (repeatable)
+    python -m textgen_operator --all-namespaces          # cluster-wide (the default when no namespace is given)
+    python -m textgen_operator --log-format json -v      # structured logs
+
+Equivalent to `kopf run --standalone --liveness=... -m textgen_operator.handlers ...`. The kubeconfig comes from
+the in-cluster service account, else $KUBECONFIG, else ~/.kube/config. `$WATCH_NAMESPACE` (comma-separated) is
+read when no --namespace is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+
+
+def kopf_args(argv: list[str] | None = None) -> list[str]:
+    p = argparse.ArgumentParser(prog="textgen-operator", description=__doc__.split("\n\n")[0])
+    p.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces")
+    p.add_argument("-L", "--liveness", default=os.environ.get("TEXTGEN_LIVENESS", DEFAULT_LIVENESS),
+                   help=f"liveness endpoint (default {DEFAULT_LIVENESS}); 'none' to disable")
+    p.add_argument("--log-format", choices=["plain", "full", "json"], default=os.environ.get("TEXTGEN_LOG_FORMAT",
+                                                                                            "full"))
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-d", "--debug", action="store_true")
+    args = p.parse_args(argv)
+
+    namespaces = args.namespace or [n for n in os.environ.get("WATCH_NAMESPACE", "").split(",") if n.strip()]
+    if args.all_namespaces and args.namespace:
+        p.error("--all-namespaces and --namespace exclude each other")
+    out = ["run", "--standalone", "--log-format", args.log_format]
+    if args.liveness.lower() != "none":
+        out += ["--liveness", args.liveness]
+    if args.verbose:
+        out.append("--verbose")
+    if args.debug:
+        out.append("--debug")
+    if namespaces and not args.all_namespaces:
+        for ns in namespaces:
+            out += ["--namespace", ns.strip()]
+    else:
+        out.append("--all-namespaces")
+    out += ["-m", "textgen_operator.handlers"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kopf.cli import main as kopf_main
+
+    return kopf_main(args=kopf_args(argv), prog_name="textgen-operator", standalone_mode=True) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Pure builders: a TextGenService spec -> the KubeRay RayService (ray.io/v1) that serves it. No I/O here.
+
+Replica counts and autoscaling live in `serveConfigV2`, which KubeRay applies in place to the running cluster.
+The worker group's bounds are derived from them: KubeRay leaves worker replicas/min/max out of its cluster hash,
+so changing them never starts a new cluster (it does not resize the running one either; Ray's in-tree autoscaler
+does that when autoscaling is on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from . import constants as C
+from .spec import TextGenServiceSpec
+from .validation import validate
+
+
+def as_spec(name: str, spec: TextGenServiceSpec | Mapping[str, Any]) -> TextGenServiceSpec:
+    return spec if isinstance(spec, TextGenServiceSpec) else validate(name, spec)
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "textgen-serve",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "textgen-operator",
+        "app.kubernetes.io/managed-by": C.MANAGED_BY,
+        C.LABEL_SERVICE: name,
+    }
+
+
+def pod_labels(name: str, component: str) -> dict[str, str]:
+    # KubeRay sets app.kubernetes.io/name and created-by on Ray pods itself; keep those.
+    return {
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "textgen-operator",
+        C.LABEL_SERVICE: name,
+    }
+
+
+def worker_selector(name: str) -> str:
+    """Label selector of the worker pods (the scale subresource's labelSelectorPath)."""
+    return f"{C.LABEL_SERVICE}={name},ray.io/node-type=worker"
+
+
+def serve_url(name: str, namespace: str) -> str:
+    # KubeRay names the RayService's serve Service "<rayservice>-serve-svc" (utils.GenerateServeServiceName).
+    return f"http://{name}-serve-svc.{namespace}.svc:{C.SERVE_PORT}"
+
+
+def worker_bounds(spec: TextGenServiceSpec) -> tuple[int, int, int]:
+    """(replicas, minReplicas, maxReplicas) of the worker group: nodes needed for the model replica bounds."""
+    per_node = spec.cluster.replicas_per_node
+
+    def nodes(model_replicas: int) -> int:
+        return math.ceil(model_replicas / per_node)
+
+    if not spec.autoscaling.enabled:
+        n = nodes(spec.replicas)
+        return n, n, n
+    lo, hi = nodes(spec.autoscaling.min_replicas), nodes(spec.autoscaling.max_replicas)
+    return min(max(nodes(spec.replicas), lo), hi), lo, hi
+
+
+def app_args(spec: TextGenServiceSpec) -> dict[str, Any]:
+    """The serve app's `args` (serve_app.config.AppArgs): unset optional keys are left out."""
+    s, m = spec.serving, spec.model
+    args: dict[str, Any] = {"model": m.name}
+    if m.served_model_name is not None:
+        args["served_model_name"] = m.served_model_name
+    if m.fallback_model_dir is not None:
+        args["fallback_model_dir"] = m.fallback_model_dir
+    args.update(
+        max_batch_size=s.max_batch_size,
+        batch_wait_timeout_s=s.batch_wait_timeout_s,
+        max_tokens_limit=s.max_tokens_limit,
+        default_max_tokens=s.default_max_tokens,
+        max_queued_requests=s.max_queued_requests,
+        dtype=s.dtype,
+    )
+    if s.torch_threads is not None:
+        args["torch_threads"] = s.torch_threads
+    return args
+
+
+def build_serve_config(spec: TextGenServiceSpec) -> dict[str, Any]:
+    a, s = spec.autoscaling, spec.serving
+    model: dict[str, Any] = {"name": C.MODEL_DEPLOYMENT}
+    ingress: dict[str, Any] = {"name": C.INGRESS_DEPLOYMENT}
+    workers, lo, hi = worker_bounds(spec)
+    if a.enabled:
+        model["autoscaling_config"] = {
+            "min_replicas": a.min_replicas,
+            "initial_replicas": spec.replicas,
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
+            "look_back_period_s": a.look_back_period_s,
+        }
+        # One ingress replica per worker node at most; it forwards the same requests the model replicas hold.
+        ingress["autoscaling_config"] = {
+            "min_replicas": max(1, lo),
+            "initial_replicas": max(1, workers),
+            "max_replicas": max(1, hi),
+            "target_ongoing_requests": a.target_ongoing_requests * spec.cluster.replicas_per_node,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
+            "look_back_period_s": a.look_back_period_s,
+        }
+    else:
+        model["num_replicas"] = spec.replicas
+        ingress["num_replicas"] = workers
+    model.update(
+        max_ongoing_requests=s.max_ongoing_requests,
+        max_queued_requests=s.max_queued_requests,
+        ray_actor_options={"num_cpus": spec.cluster.cpus_per_replica},
+    )
+    ingress.update(
+        max_ongoing_requests=s.max_ongoing_requests * spec.cluster.replicas_per_node,
+        ray_actor_options={"num_cpus": C.INGRESS_CPUS},
+    )
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": C.SERVE_PORT},
+        "applications": [
+            {
+                "name": C.APP_NAME,
+                "route_prefix": "/",
+                "import_path": C.APP_IMPORT_PATH,
+                "args": app_args(spec),
+                "deployments": [model, ingress],
+            }
+        ],
+    }
+
+
+def _resources(cpus: int, memory_gi: int) -> dict[str, Any]:
+    amount = {"cpu": str(cpus), "memory": f"{memory_gi}Gi"}
+    return {"requests": dict(amount), "limits": dict(amount)}
+
+
+def _pod_template(name: str, spec: TextGenServiceSpec, component: str, container: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": pod_labels(name, component)},
+        "spec": {
+            "nodeSelector": {C.NODE_TYPE_LABEL: spec.cluster.node_type},
+            "containers": [
+                {
+                    "image": spec.cluster.image,
+                    "imagePullPolicy": spec.cluster.image_pull_policy,
+                    **container,
+                }
+            ],
+        },
+    }
+
+
+def build_ray_cluster_spec(name: str, spec: TextGenServiceSpec) -> dict[str, Any]:
+    c = spec.cluster
+    workers, lo, hi = worker_bounds(spec)
+    head = _pod_template(name, spec, "ray-head", {
+        "name": "ray-head",
+        "ports": [
+            {"name": "gcs-server", "containerPort": 6379},
+            {"name": "dashboard", "containerPort": 8265},
+            {"name": "client", "containerPort": 10001},
+            {"name": "serve", "containerPort": C.SERVE_PORT},
+        ],
+        "resources": _resources(c.head_cpus, c.head_memory_gi),
+    })
+    worker = _pod_template(name, spec, "ray-worker", {
+        "name": "ray-worker",
+        "resources": _resources(c.worker_cpus, c.worker_memory_gi),
+    })
+    cluster: dict[str, Any] = {
+        "rayVersion": c.ray_version,
+        "enableInTreeAutoscaling": spec.autoscaling.enabled,
+    }
+    if spec.autoscaling.enabled:
+        cluster["autoscalerOptions"] = {
+            "upscalingMode": "Default",
+            "idleTimeoutSeconds": spec.autoscaling.node_idle_timeout_s,
+        }
+    cluster["headGroupSpec"] = {
+        # num-cpus 0: Ray schedules no Serve replica (nor any other CPU task) on the head.
+        "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+        "template": head,
+    }
+    cluster["workerGroupSpecs"] = [
+        {
+            "groupName": C.WORKER_GROUP,
+            "replicas": workers,
+            "minReplicas": lo,
+            "maxReplicas": hi,
+            "rayStartParams": {},
+            "template": worker,
+        }
+    ]
+    return cluster
+
+
+def build_rayservice(
+    name: str,
+    namespace: str,
+    spec: TextGenServiceSpec | Mapping[str, Any],
+    *,
+    generation: int | None = None,
+) -> dict[str, Any]:
+    """The RayService for TextGenService `namespace/name` (without owner reference: the handler adds it)."""
+    spec = as_spec(name, spec)
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels(name, "rayservice")}
+    if generation is not None:
+        meta["annotations"] = {C.ANNOTATION_GENERATION: str(generation)}
+    return {
+        "apiVersion": C.RAY_API_VERSION,
+        "kind": "RayService",
+        "metadata": meta,
+        "spec": {
+            "upgradeStrategy": {"type": spec.cluster.upgrade_strategy},
+            "serveConfigV2": yaml.safe_dump(build_serve_config(spec), sort_keys=False, width=120),
+            "rayClusterConfig": build_ray_cluster_spec(name, spec),
+        },
+    }

@@ -1,0 +1,175 @@
+"""kopf handlers: side effects only; the logic lives in builder.py, status.py and validation.py.
+
+- reconcile (create/update/resume of a TextGenService): validate, server-side apply the RayService with an owner
+  reference (garbage collection deletes it: no finalizer), mirror status.
+- rayservice_event (any change to a RayService we manage): re-apply it when it drifted or was deleted, and mirror
+  its status into the owning TextGenService.
+
+Run with `python -m textgen_operator` or `kopf run --standalone -m textgen_operator.handlers`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from . import constants as C
+from .builder import build_rayservice
+from .spec import TextGenServiceSpec
+from .status import build_status
+from .validation import InvalidSpec, validate
+
+_API: k8s.ApiClient | None = None
+
+
+def api() -> k8s.CustomObjectsApi:
+    global _API
+    if _API is None:
+        cfg = k8s.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=cfg)
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(client_configuration=cfg)  # $KUBECONFIG or ~/.kube/config
+        _API = k8s.ApiClient(cfg)
+    return k8s.CustomObjectsApi(_API)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+    # Without these, watches can hang silently on some networks and the operator stops seeing events.
+    settings.watching.server_timeout = 120
+    settings.watching.client_timeout = 150
+    settings.watching.connect_timeout = 30
+    # Progress and the diff base live in annotations: .status stays ours alone and strictly typed.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=C.ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=C.ANNOTATION_PREFIX, key="last-handled-configuration")
+    settings.peering.standalone = True
+    settings.posting.level = logging.INFO  # info-level and above logs on an object become its Events
+    settings.posting.reporting_component = C.MANAGED_BY
+    api()
+    logger.info("textgen-operator ready: managing %s/%s -> %s RayServices", C.API_VERSION, C.KIND, C.RAY_API_VERSION)
+
+
+# --- side effects -----------------------------------------------------------------------------------------------------
+
+
+def get_rayservice(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return api().get_namespaced_custom_object(C.RAY_GROUP, C.RAY_VERSION_API, namespace, C.RAYSERVICE_PLURAL, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def get_textgenservice(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return api().get_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def apply_rayservice(body: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply: we own exactly the fields we send; force takes them back from whoever edited them."""
+    meta = body["metadata"]
+    return api().patch_namespaced_custom_object(
+        C.RAY_GROUP, C.RAY_VERSION_API, meta["namespace"], C.RAYSERVICE_PLURAL, meta["name"], body,
+        field_manager=C.FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml")
+
+
+def patch_status(tgs: Mapping[str, Any], status: dict[str, Any]) -> None:
+    if is_subset(status, tgs.get("status") or {}):
+        return
+    meta = tgs["metadata"]
+    try:
+        api().patch_namespaced_custom_object_status(
+            C.GROUP, C.VERSION, meta["namespace"], C.PLURAL, meta["name"], {"status": status},
+            _content_type="application/merge-patch+json")
+    except ApiException as exc:
+        if exc.status != 404:  # deleted meanwhile: nothing to report on
+            raise
+
+
+def desired_rayservice(tgs: Mapping[str, Any], spec: TextGenServiceSpec) -> dict[str, Any]:
+    meta = tgs["metadata"]
+    body = build_rayservice(meta["name"], meta["namespace"], spec, generation=meta.get("generation"))
+    kopf.adopt(body, owner=tgs)  # controller owner reference (+ the owner's labels where ours do not set them)
+    return body
+
+
+def is_subset(want: Any, have: Any) -> bool:
+    """Whether everything in `want` is present and equal in `have` (extra keys in `have` are fine)."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(k in have and is_subset(v, have[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(want) == len(have) and all(map(is_subset, want, have))
+    return want == have
+
+
+# --- handlers -------------------------------------------------------------------------------------------------------
+
+
+@kopf.on.resume(C.GROUP, C.VERSION, C.PLURAL)
+@kopf.on.create(C.GROUP, C.VERSION, C.PLURAL)
+@kopf.on.update(C.GROUP, C.VERSION, C.PLURAL, field="spec")
+def reconcile(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, logger: logging.Logger,
+              **_: Any) -> None:
+    tgs = dict(body)
+    try:
+        parsed = validate(name, spec)
+    except InvalidSpec as exc:
+        patch_status(tgs, build_status(tgs, get_rayservice(namespace, name)))
+        kopf.warn(body, reason="InvalidSpec", message="; ".join(exc.problems))
+        raise
+    desired = desired_rayservice(tgs, parsed)
+    current = get_rayservice(namespace, name)
+    if current is None or not is_subset(desired, current):
+        current = apply_rayservice(desired)
+        logger.info("Applied RayService %s/%s (generation %s)", namespace, name, body.meta.get("generation"))
+    patch_status(tgs, build_status(tgs, current))
+
+
+def _owner_name(body: Mapping[str, Any]) -> str | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == C.KIND and ref.get("apiVersion", "").startswith(C.GROUP + "/") and ref.get("controller"):
+            return ref.get("name")
+    return None
+
+
+@kopf.on.event(C.RAY_GROUP, C.RAY_VERSION_API, C.RAYSERVICE_PLURAL,
+               labels={"app.kubernetes.io/managed-by": C.MANAGED_BY})
+def rayservice_event(event: kopf.RawEvent, body: kopf.Body, namespace: str, logger: logging.Logger,
+                     **_: Any) -> None:
+    owner = _owner_name(body)
+    if owner is None:
+        return
+    tgs = get_textgenservice(namespace, owner)
+    if tgs is None or tgs["metadata"].get("deletionTimestamp"):
+        return  # the owner is going away; garbage collection takes the RayService with it
+    rayservice: dict[str, Any] | None = dict(body)
+    parsed = None
+    try:
+        parsed = validate(owner, tgs.get("spec"))
+    except InvalidSpec:
+        pass  # reconcile reported it; keep mirroring status, change nothing
+    if parsed is not None:
+        desired = desired_rayservice(tgs, parsed)
+        if event.get("type") == "DELETED":
+            logger.warning("RayService %s/%s was deleted; re-creating it", namespace, body.metadata.name)
+            rayservice = apply_rayservice(desired)
+        elif not is_subset(desired, body):
+            logger.warning("RayService %s/%s drifted from its TextGenService; re-applying", namespace,
+                           body.metadata.name)
+            rayservice = apply_rayservice(desired)
+    elif event.get("type") == "DELETED":
+        rayservice = None
+    patch_status(tgs, build_status(tgs, rayservice))

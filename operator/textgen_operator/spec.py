@@ -1,0 +1,278 @@
+"""The TextGenService schema: one set of pydantic models that both generates the CRD (crd.py) and validates specs
+inside the operator (validation.py).
+
+Cross-field rules are declared once as `Rule`s: a CEL expression with a human message, which crd.py writes into the
+CRD's `x-kubernetes-validations`, and the equivalent Python predicate the operator runs on the same object.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from .constants import (
+    DEFAULT_IMAGE,
+    DEFAULT_NODE_TYPE,
+    INGRESS_CPUS,
+    MAX_NAME_LENGTH,
+    NODE_CPU_HEADROOM,
+    NODE_TYPES,
+    RAY_VERSION,
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule: `cel` for the API server, `check` (on the pydantic object) for the operator."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+
+
+def _cel_map(values: dict[str, int]) -> str:
+    return "{" + ", ".join(f"'{k}': {v}" for k, v in values.items()) + "}"
+
+
+_NODE_NAMES = tuple(NODE_TYPES)
+NodeTypeName = Literal[_NODE_NAMES]  # type: ignore[valid-type]
+_ALLOC_CPUS = {n.name: n.allocatable_cpus for n in NODE_TYPES.values()}
+_ALLOC_MEM = {n.name: n.allocatable_memory_gib for n in NODE_TYPES.values()}
+_ALLOC_TEXT = ", ".join(f"{n.name}: {n.allocatable_cpus} CPUs / {n.allocatable_memory_gib} GiB" for n in NODE_TYPES.values())
+
+
+class _Obj(BaseModel):
+    """Base: camelCase on the wire, unknown keys rejected, rules checked after field validation."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        json_schema_extra=lambda schema, cls: _add_rules(schema, cls),
+    )
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self):
+        failed = [r.message for r in self.rules if not r.check(self)]
+        if failed:
+            raise ValueError("; ".join(failed))
+        return self
+
+
+def _add_rules(schema: dict[str, Any], cls: type) -> None:
+    rules = getattr(cls, "rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [{"rule": r.cel, "message": r.message} for r in rules]
+
+
+# --- spec ----------------------------------------------------------------------------------------------------------
+
+
+class Autoscaling(_Obj):
+    """Ray Serve autoscaling of the model replicas (and, through KubeRay's in-tree autoscaler, of worker nodes)."""
+
+    enabled: bool = Field(False, description="Autoscale the model replicas between minReplicas and maxReplicas; "
+                          "when false, spec.replicas is a fixed count.")
+    min_replicas: int = Field(1, ge=0, le=1000, description="Fewest model replicas (0 scales to zero when idle).")
+    max_replicas: int = Field(4, ge=1, le=1000, description="Most model replicas.")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Ongoing requests per replica that the autoscaler aims for.")
+    upscale_delay_s: float = Field(30.0, ge=0, description="Seconds of sustained load before adding replicas.")
+    downscale_delay_s: float = Field(600.0, ge=0, description="Seconds of low load before removing replicas.")
+    look_back_period_s: float = Field(30.0, gt=0, description="Window in seconds over which load is averaged.")
+    node_idle_timeout_s: int = Field(
+        60, ge=0, description="Seconds an idle worker node is kept before KubeRay's autoscaler removes it.")
+
+    rules = (
+        Rule("self.minReplicas <= self.maxReplicas",
+             "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
+             lambda s: s.min_replicas <= s.max_replicas),
+    )
+
+
+class ModelSource(_Obj):
+    """Which model the serve app loads."""
+
+    name: str = Field("gpt2", min_length=1, max_length=512,
+                      description="Hugging Face Hub id (e.g. gpt2, gpt2-medium) or a directory inside the image.")
+    served_model_name: Optional[str] = Field(
+        None, min_length=1, max_length=253, description="Name reported by /v1/models (default: the model name).")
+    fallback_model_dir: Optional[str] = Field(
+        None, min_length=1, max_length=512,
+        description="Directory in the image with a stand-in model, used (and reported loudly) when `name` cannot "
+                    "be loaded offline.")
+
+
+class Serving(_Obj):
+    """Batching and generation limits, passed to the serve app as its args."""
+
+    max_batch_size: int = Field(16, ge=1, le=256, description="Most requests decoded together in one batch.")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=10, description="Seconds a batch waits to fill before it starts.")
+    max_tokens_limit: int = Field(256, ge=1, le=1023, description="Largest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(50, ge=1, le=1023, description="max_tokens when a request gives none.")
+    max_ongoing_requests: int = Field(
+        32, ge=1, le=10000, description="Requests one model replica handles at once (Serve max_ongoing_requests).")
+    max_queued_requests: int = Field(
+        64, ge=1, le=100000,
+        description="Requests queued per caller before new ones are rejected with 503 (Serve max_queued_requests).")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Torch dtype of the model weights.")
+    torch_threads: Optional[int] = Field(
+        None, ge=1, le=256, description="Torch intra-op threads per replica (default: the replica's CPUs).")
+
+    rules = (
+        Rule("self.defaultMaxTokens <= self.maxTokensLimit",
+             "serving.defaultMaxTokens must be less than or equal to serving.maxTokensLimit",
+             lambda s: s.default_max_tokens <= s.max_tokens_limit),
+        Rule("self.maxOngoingRequests >= self.maxBatchSize",
+             "serving.maxOngoingRequests must be at least serving.maxBatchSize, or a replica can never fill a batch",
+             lambda s: s.max_ongoing_requests >= s.max_batch_size),
+    )
+
+
+class PodResources(_Obj):
+    """CPU and memory of one Ray pod (requests = limits)."""
+
+    cpus: Optional[int] = Field(None, ge=1, le=256, description="Whole CPUs of the pod.")
+    memory_gi: Optional[int] = Field(None, ge=1, le=2048, description="Memory of the pod in GiB.")
+
+
+def _fits(field: str, table: dict[str, int], what: str) -> Rule:
+    """`<field>.cpus|memoryGi`, when set, must fit the node type's allocatable share."""
+    attr = "cpus" if what == "cpus" else "memory_gi"
+    key = "cpus" if what == "cpus" else "memoryGi"
+    return Rule(
+        f"!has(self.{field}.{key}) || self.{field}.{key} <= {_cel_map(table)}[self.nodeType]",
+        f"cluster.{field}.{key} must fit the node type with headroom for the kubelet and system pods "
+        f"(at most {_ALLOC_TEXT})",
+        lambda s: getattr(getattr(s, field), attr) is None or getattr(getattr(s, field), attr) <= table[s.node_type],
+    )
+
+
+class Cluster(_Obj):
+    """Shape of the KubeRay cluster: image, Ray version, node type and how CPUs are shared out."""
+
+    image: str = Field(DEFAULT_IMAGE, min_length=1, description="Ray image with the serve app (images/serve).")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Pull policy of the Ray containers.")
+    ray_version: str = Field(RAY_VERSION, pattern=r"^\d+\.\d+\.\d+$",
+                             description="Ray version of the image (KubeRay's rayVersion).")
+    node_type: NodeTypeName = Field(  # type: ignore[valid-type]
+        DEFAULT_NODE_TYPE, description="Instance type of the Ray nodes, selected by the "
+        "node.kubernetes.io/instance-type label.")
+    cpus_per_replica: float = Field(
+        2.0, ge=0.5, le=64, multiple_of=0.5, description="CPUs (Ray num_cpus) of one model replica.")
+    head: PodResources = Field(
+        default_factory=PodResources,
+        description="Head pod resources (default 2 CPUs, 8 GiB). The head runs no Serve replicas.")
+    worker: PodResources = Field(
+        default_factory=PodResources,
+        description="Worker pod resources (default: the node type's vCPUs minus 1, and 7/8 of its memory).")
+    upgrade_strategy: Literal["NewCluster", "None"] = Field(
+        "NewCluster", description="What KubeRay does when the cluster shape changes: NewCluster (zero-downtime, "
+        "needs room for two clusters) or None (no new cluster).")
+
+    rules = (
+        _fits("head", _ALLOC_CPUS, "cpus"),
+        _fits("head", _ALLOC_MEM, "memory"),
+        _fits("worker", _ALLOC_CPUS, "cpus"),
+        _fits("worker", _ALLOC_MEM, "memory"),
+        Rule(
+            f"self.cpusPerReplica + {INGRESS_CPUS} <= double(has(self.worker.cpus) ? self.worker.cpus : "
+            f"{_cel_map(_ALLOC_CPUS)}[self.nodeType])",
+            f"cluster.cpusPerReplica plus {INGRESS_CPUS} CPU for the HTTP ingress must fit in one worker pod "
+            f"(cluster.worker.cpus, by default the node type's vCPUs minus {NODE_CPU_HEADROOM})",
+            lambda s: s.cpus_per_replica + INGRESS_CPUS <= s.worker_cpus,
+        ),
+    )
+
+    @property
+    def node(self):
+        return NODE_TYPES[self.node_type]
+
+    @property
+    def worker_cpus(self) -> int:
+        return self.worker.cpus if self.worker.cpus is not None else self.node.allocatable_cpus
+
+    @property
+    def worker_memory_gi(self) -> int:
+        return self.worker.memory_gi if self.worker.memory_gi is not None else self.node.allocatable_memory_gib
+
+    @property
+    def head_cpus(self) -> int:
+        return self.head.cpus if self.head.cpus is not None else 2
+
+    @property
+    def head_memory_gi(self) -> int:
+        return self.head.memory_gi if self.head.memory_gi is not None else 8
+
+    @property
+    def replicas_per_node(self) -> int:
+        """Model replicas that fit on one worker next to one ingress replica."""
+        return math.floor((self.worker_cpus - INGRESS_CPUS) / self.cpus_per_replica)
+
+
+class TextGenServiceSpec(_Obj):
+    """Desired state of a TextGenService: a GPT-2 text generation endpoint on a KubeRay cluster."""
+
+    replicas: int = Field(
+        1, ge=1, le=1000,
+        description="Model replicas. A fixed count when autoscaling is off; the initial count (within "
+                    "[minReplicas, maxReplicas]) when it is on. `kubectl scale` sets this field.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description=Autoscaling.__doc__)
+    model: ModelSource = Field(default_factory=ModelSource, description=ModelSource.__doc__)
+    serving: Serving = Field(default_factory=Serving, description=Serving.__doc__)
+    cluster: Cluster = Field(default_factory=Cluster, description=Cluster.__doc__)
+
+    rules = (
+        Rule("!self.autoscaling.enabled || (self.replicas >= self.autoscaling.minReplicas && "
+             "self.replicas <= self.autoscaling.maxReplicas)",
+             "replicas must be within [autoscaling.minReplicas, autoscaling.maxReplicas] when autoscaling is enabled",
+             lambda s: not s.autoscaling.enabled
+             or s.autoscaling.min_replicas <= s.replicas <= s.autoscaling.max_replicas),
+    )
+
+
+# Rules on the whole object (the only place CEL can see metadata.name).
+ROOT_RULES = (
+    Rule(f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+         f"metadata.name must be at most {MAX_NAME_LENGTH} characters: KubeRay derives the RayCluster and service "
+         "names from it",
+         lambda name: len(name) <= MAX_NAME_LENGTH),
+)
+
+
+# --- status --------------------------------------------------------------------------------------------------------
+
+
+class Condition(_Obj):
+    """A standard Kubernetes condition."""
+
+    type: str = Field(description="Ready, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(description="One CamelCase word.")
+    message: str = Field("", description="What a person should know.")
+    last_transition_time: str = Field(
+        description="When status last changed (RFC 3339).", json_schema_extra={"format": "date-time"})
+    observed_generation: Optional[int] = Field(None, description="The generation this condition describes.")
+
+
+class TextGenServiceStatus(_Obj):
+    """Observed state, mirrored from the RayService."""
+
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
+    observed_generation: Optional[int] = Field(None, description="The spec generation the RayService was built from.")
+    replicas: Optional[int] = Field(None, description="Model replicas asked of Ray Serve (the scale subresource).")
+    ready_replicas: Optional[int] = Field(
+        None, description="Model replicas serving: all of them while the app is RUNNING and its model deployment "
+        "HEALTHY, else 0 (KubeRay reports no per-replica counts).")
+    selector: Optional[str] = Field(None, description="Label selector of the worker pods (the scale subresource).")
+    url: Optional[str] = Field(None, description="In-cluster URL of the serve endpoint.")
+    ray_service_name: Optional[str] = Field(None, description="Name of the RayService.")
+    ray_cluster_name: Optional[str] = Field(None, description="Name of the active RayCluster.")

@@ -1,0 +1,52 @@
+"""Operator-side validation: the same rules the CRD enforces (spec.py), checked again on what reaches the operator.
+
+A spec can slip past the API server (an older CRD, a cluster without CEL, an object stored before a rule existed);
+the operator then reports it as a Degraded condition and an Event and stops retrying (kopf.PermanentError) until the
+spec changes, instead of crash-looping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from .spec import ROOT_RULES, TextGenServiceSpec
+
+
+class InvalidSpec(kopf.PermanentError):
+    """The TextGenService spec breaks a rule; `problems` says which, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid TextGenService: " + "; ".join(problems))
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(["spec", *(str(p) for p in loc)])
+
+
+def parse(name: str, spec: Mapping[str, Any] | None) -> tuple[TextGenServiceSpec | None, list[str]]:
+    """The parsed spec (None when invalid) and human-readable problems (empty when valid)."""
+    problems = [r.message for r in ROOT_RULES if not r.check(name)]
+    parsed = None
+    try:
+        parsed = TextGenServiceSpec.model_validate(dict(spec or {}))
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            msg = err["msg"]
+            if err["type"] == "value_error":  # a Rule from spec.py: its message already names the fields
+                problems.append(msg.removeprefix("Value error, "))
+            else:
+                problems.append(f"{_loc(err['loc'])}: {msg}")
+    return (None if problems else parsed), problems
+
+
+def validate(name: str, spec: Mapping[str, Any] | None) -> TextGenServiceSpec:
+    """The parsed spec, or InvalidSpec listing every problem."""
+    parsed, problems = parse(name, spec)
+    if parsed is None:
+        raise InvalidSpec(problems)
+    return parsed

@@ -166,7 +166,8 @@ def parse_completion_request(data: Any) -> CompletionRequest:
         return CompletionRequest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        loc = first.get("loc", ())
+        param = str(loc[0]) if loc else None  # the top-level field (unions add member names)
         msg = first.get("msg", "invalid request")
         if first.get("type") == "missing":
             msg = f"missing required parameter '{param}'"

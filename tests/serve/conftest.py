@@ -1,0 +1,82 @@
+"""Fixtures of the serving tests: the stand-in models and one real local Ray + Serve per module."""
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / ".models"
+TINY = MODELS / "gpt2-tiny-random-init"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random-init GPT-2 (`make model` builds it; built here if missing)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import make_model
+    finally:
+        sys.path.pop(0)
+    make_model.main(["--out", str(MODELS), "--cache", str(ROOT / ".cache" / "npm"),
+                     "--only", "gpt2-tiny-random-init"])
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def ray_serve(tiny_model_dir):
+    """A real local Ray (127.0.0.1, free ports, no dashboard) with Serve's proxy on a free HTTP port.
+
+    Yields a dict: ``url`` (HTTP base), ``metrics_url`` (Prometheus export), ``port``.
+    One Ray session for the whole serving suite keeps its runtime small.
+    """
+    import ray
+    from ray import serve
+
+    # Replicas inherit this environment from the Ray processes started here.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    if ray.is_initialized():
+        ray.shutdown()
+    http_port, metrics_port = free_port(), free_port()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _metrics_export_port=metrics_port,
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        yield {
+            "url": f"http://127.0.0.1:{http_port}",
+            "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics",
+            "port": http_port,
+        }
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def wait_for(fn, timeout: float = 60.0, interval: float = 0.5):
+    """Poll ``fn`` until it returns a truthy value; return it (or the last value after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    value = fn()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = fn()
+    return value

@@ -83,7 +83,8 @@ def apply_rayservice(body: dict[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
     return api().patch_namespaced_custom_object(
         C.RAY_GROUP, C.RAY_VERSION_API, meta["namespace"], C.RAYSERVICE_PLURAL, meta["name"], body,
-        field_manager=C.FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml")
+        field_manager=C.FIELD_MANAGER, force=True, field_validation="Strict",
+        _content_type="application/apply-patch+yaml")
 
 
 def patch_status(tgs: Mapping[str, Any], status: dict[str, Any]) -> None:

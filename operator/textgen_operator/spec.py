@@ -8,6 +8,7 @@ CRD's `x-kubernetes-validations`, and the equivalent Python predicate the operat
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Optional
 
@@ -239,12 +240,18 @@ class TextGenServiceSpec(_Obj):
     )
 
 
+DNS1035 = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
 # Rules on the whole object (the only place CEL can see metadata.name).
 ROOT_RULES = (
     Rule(f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
          f"metadata.name must be at most {MAX_NAME_LENGTH} characters: KubeRay derives the RayCluster and service "
          "names from it",
          lambda name: len(name) <= MAX_NAME_LENGTH),
+    Rule(f"self.metadata.name.matches('{DNS1035}')",
+         "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter): "
+         "KubeRay names the RayCluster and its Services after it",
+         lambda name: re.fullmatch(DNS1035, name) is not None),
 )
 
 

@@ -46,11 +46,12 @@ def test_replicas_outside_bounds_are_fine_without_autoscaling():
     assert parse("demo", {"replicas": 9, "autoscaling": {"enabled": False, "maxReplicas": 4}})[1] == []
 
 
-def test_name_length_rule():
-    (rule,) = ROOT_RULES
-    assert parse("a" * 47, {})[1] == []
-    problems = parse("a" * 48, {})[1]
-    assert problems == [rule.message] and "47" in rule.message
+def test_name_rules():
+    length, dns1035 = ROOT_RULES
+    assert parse("a" * 47, {})[1] == [] and parse("gpt2-x9", {})[1] == []
+    assert parse("a" * 48, {})[1] == [length.message] and "47" in length.message
+    for bad in ("9lives", "has.dot", "ends-", "Upper"):
+        assert parse(bad, {})[1] == [dns1035.message], bad
 
 
 @pytest.mark.parametrize("spec,where", [

@@ -1,0 +1,331 @@
+"""Integration: the CRD, the operator (in-process, kopf's KopfRunner) and the real KubeRay operator on a real API
+server (tests/k8s_fixtures.py: the local control plane, or $KUBECONFIG with TEXTGEN_USE_EXISTING_CLUSTER=1).
+
+There is no scheduler or kubelet on the local control plane: Ray pods stay Pending, so these tests check objects
+(RayService, RayCluster, status, garbage collection), never traffic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+
+import pytest
+import yaml
+from kopf.testing import KopfRunner
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from textgen_operator import constants as C
+from textgen_operator import handlers
+from textgen_operator.builder import build_rayservice, worker_bounds
+from textgen_operator.spec import TextGenServiceSpec
+from tgs_common import GOLDEN_DIR, ROOT, RULE_CASES, SAMPLES
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+CRD_PATH = ROOT / "manifests" / "crd" / C.CRD_FILENAME
+WAIT_S = 60
+
+
+def wait_for(fn, what: str, timeout: float = WAIT_S, interval: float = 0.5):
+    """Poll fn() until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last value: {last!r})")
+
+
+class LogLines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+
+@pytest.fixture(scope="session")
+def crd_installed(kubectl):
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+    kubectl("wait", "--for", "condition=established", "--timeout=60s", f"crd/{C.CRD_NAME}")
+    return True
+
+
+@pytest.fixture
+def api(k8s_api):
+    return client.CustomObjectsApi(k8s_api)
+
+
+@pytest.fixture
+def run_operator(kubeconfig, namespace, crd_installed, monkeypatch):
+    """Context manager factory: the operator, in-process, watching only this test's namespace."""
+    monkeypatch.setenv("KUBECONFIG", kubeconfig)
+    monkeypatch.setattr(handlers, "_API", None)  # the handlers' own client: built from this kubeconfig
+    log = LogLines()
+    logging.getLogger("kopf").addHandler(log)
+
+    @contextlib.contextmanager
+    def run():
+        args = ["run", "--standalone", "--verbose", "--namespace", namespace, "-m", "textgen_operator.handlers"]
+        with KopfRunner(args, timeout=60) as runner:
+            wait_for(lambda: log.count("textgen-operator ready"), "the operator's startup handler")
+            yield log
+        assert runner.exception is None, runner.output
+        assert runner.exit_code == 0, runner.output
+
+    try:
+        yield run
+    finally:
+        logging.getLogger("kopf").removeHandler(log)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------------
+
+
+def load_sample(stem: str) -> dict:
+    return yaml.safe_load((ROOT / "manifests" / "samples" / f"{stem}.yaml").read_text())
+
+
+def create_tgs(api, namespace: str, doc: dict) -> dict:
+    return api.create_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, doc)
+
+
+def get(api, namespace: str, plural: str, name: str, group: str = C.RAY_GROUP, version: str = "v1"):
+    try:
+        return api.get_namespaced_custom_object(group, version, namespace, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def get_tgs(api, namespace: str, name: str):
+    return get(api, namespace, C.PLURAL, name, C.GROUP, C.VERSION)
+
+
+def rayclusters(api, namespace: str, name: str) -> list[dict]:
+    items = api.list_namespaced_custom_object(
+        C.RAY_GROUP, "v1", namespace, C.RAYCLUSTER_PLURAL,
+        label_selector=f"ray.io/originated-from-cr-name={name}")["items"]
+    return [i for i in items if not i["metadata"].get("deletionTimestamp")]
+
+
+def serve_config(rs: dict) -> dict:
+    return yaml.safe_load(rs["spec"]["serveConfigV2"])
+
+
+def model_deployment(rs: dict) -> dict:
+    return serve_config(rs)["applications"][0]["deployments"][0]
+
+
+def one_raycluster(api, namespace: str, name: str) -> dict:
+    clusters = wait_for(lambda: rayclusters(api, namespace, name), f"KubeRay to create a RayCluster for {name}")
+    assert len(clusters) == 1, [c["metadata"]["name"] for c in clusters]
+    return clusters[0]
+
+
+def kuberay_observed(api, namespace: str, name: str) -> bool:
+    rs = get(api, namespace, C.RAYSERVICE_PLURAL, name)
+    return bool(rs) and (rs.get("status") or {}).get("observedGeneration") == rs["metadata"]["generation"]
+
+
+# --- tests ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("golden", sorted(GOLDEN_DIR.glob("*.yaml")), ids=lambda p: p.name.split(".")[0])
+def test_golden_rayservices_pass_kuberays_crd_schema(kubectl, namespace, golden):
+    """A strict server-side dry run against KubeRay's installed CRD: unknown or mistyped fields fail."""
+    doc = yaml.safe_load(golden.read_text())
+    doc["metadata"]["namespace"] = namespace
+    proc = kubectl("apply", "--server-side", "--dry-run=server", "--validate=strict", "-f", "-",
+                   input=yaml.safe_dump(doc))
+    assert "serverside-applied" in proc.stdout
+
+
+def test_invalid_specs_are_rejected_with_their_messages(api, namespace, crd_installed):
+    for case, (spec, message) in RULE_CASES.items():
+        doc = {"apiVersion": C.API_VERSION, "kind": C.KIND, "metadata": {"name": "bad"}, "spec": spec}
+        with pytest.raises(ApiException) as info:
+            api.create_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, doc, dry_run="All")
+        assert info.value.status == 422, case
+        assert message in json.loads(info.value.body)["message"], (case, info.value.body)
+    long_name = {"apiVersion": C.API_VERSION, "kind": C.KIND, "metadata": {"name": "a" * 48}, "spec": {}}
+    with pytest.raises(ApiException) as info:
+        api.create_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, long_name, dry_run="All")
+    assert "metadata.name must be at most 47 characters" in info.value.body
+    dotted = {"apiVersion": C.API_VERSION, "kind": C.KIND, "metadata": {"name": "gpt2.v1"}, "spec": {}}
+    with pytest.raises(ApiException) as info:
+        api.create_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, dotted, dry_run="All")
+    assert "metadata.name must be a DNS-1035 label" in info.value.body
+    schema_bad = {"apiVersion": C.API_VERSION, "kind": C.KIND, "metadata": {"name": "bad"},
+                  "spec": {"replicas": 0, "cluster": {"nodeType": "t2.micro"}}}
+    with pytest.raises(ApiException) as info:
+        api.create_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, schema_bad, dry_run="All")
+    assert "spec.replicas" in info.value.body and "spec.cluster.nodeType" in info.value.body
+
+
+def test_defaults_are_filled_in_by_the_api_server(api, namespace, crd_installed):
+    doc = {"apiVersion": C.API_VERSION, "kind": C.KIND, "metadata": {"name": "defaults"}, "spec": {}}
+    created = api.create_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, doc, dry_run="All")
+    spec = created["spec"]
+    assert spec["replicas"] == 1 and spec["autoscaling"]["enabled"] is False
+    assert spec["cluster"]["nodeType"] == "m5.4xlarge" and spec["cluster"]["image"] == C.DEFAULT_IMAGE
+    assert spec["serving"]["maxBatchSize"] == 16 and spec["model"]["name"] == "gpt2"
+    # what the API server defaults is what the operator's model defaults to
+    assert TextGenServiceSpec.model_validate(spec) == TextGenServiceSpec.model_validate({})
+
+
+def test_samples_become_rayservices_and_rayclusters(api, kubectl, namespace, run_operator):
+    with run_operator():
+        for path in SAMPLES:
+            create_tgs(api, namespace, yaml.safe_load(path.read_text()))
+        for path in SAMPLES:
+            doc = yaml.safe_load(path.read_text())
+            name = doc["metadata"]["name"]
+            spec = TextGenServiceSpec.model_validate(doc["spec"])
+            rs = wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name), f"RayService {name}")
+            tgs = get_tgs(api, namespace, name)
+            (owner,) = rs["metadata"]["ownerReferences"]
+            assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == \
+                (C.KIND, name, tgs["metadata"]["uid"], True)
+            want = build_rayservice(name, namespace, spec, generation=tgs["metadata"]["generation"])
+            assert rs["spec"]["serveConfigV2"] == want["spec"]["serveConfigV2"]
+            assert rs["spec"]["rayClusterConfig"] == want["spec"]["rayClusterConfig"]
+
+            cluster = one_raycluster(api, namespace, name)
+            (group,) = cluster["spec"]["workerGroupSpecs"]
+            assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == worker_bounds(spec)
+            assert cluster["spec"]["enableInTreeAutoscaling"] is spec.autoscaling.enabled
+            assert group["template"]["spec"]["nodeSelector"] == {C.NODE_TYPE_LABEL: spec.cluster.node_type}
+
+            status = wait_for(lambda: (get_tgs(api, namespace, name).get("status") or {}).get("conditions") and
+                              get_tgs(api, namespace, name)["status"], f"status of {name}")
+            assert status["rayServiceName"] == name
+            assert status["url"] == f"http://{name}-serve-svc.{namespace}.svc:8000"
+            assert status["replicas"] == spec.replicas
+            assert status["observedGeneration"] == tgs["metadata"]["generation"]
+            assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
+        table = kubectl("get", "tgs", "-n", namespace).stdout
+    header = table.splitlines()[0].split()
+    assert header[:4] == ["NAME", "REPLICAS", "AUTOSCALING", "MIN"] and "AGE" in header
+    assert "gpt2-seed-scale" in table and "56" in table
+
+
+def test_replica_changes_apply_in_place_and_kubectl_scale_works(api, kubectl, namespace, run_operator):
+    doc = load_sample("fixed")
+    name = doc["metadata"]["name"]
+    with run_operator():
+        create_tgs(api, namespace, doc)
+        rs = wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name), "the RayService")
+        assert model_deployment(rs)["num_replicas"] == 4
+        first = one_raycluster(api, namespace, name)
+
+        api.patch_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, name, {"spec": {"replicas": 6}})
+        rs = wait_for(lambda: (r := get(api, namespace, C.RAYSERVICE_PLURAL, name)) and
+                      model_deployment(r).get("num_replicas") == 6 and r, "serveConfigV2 with 6 replicas")
+        wait_for(lambda: kuberay_observed(api, namespace, name), "KubeRay to observe the new RayService generation")
+        after = one_raycluster(api, namespace, name)
+        assert (after["metadata"]["name"], after["metadata"]["uid"]) == \
+            (first["metadata"]["name"], first["metadata"]["uid"])
+
+        kubectl("scale", "-n", namespace, f"tgs/{name}", "--replicas=3")
+        assert get_tgs(api, namespace, name)["spec"]["replicas"] == 3
+        wait_for(lambda: model_deployment(get(api, namespace, C.RAYSERVICE_PLURAL, name)).get("num_replicas") == 3,
+                 "serveConfigV2 with 3 replicas after kubectl scale")
+        wait_for(lambda: (get_tgs(api, namespace, name).get("status") or {}).get("replicas") == 3,
+                 "status.replicas to follow kubectl scale")
+        scale = json.loads(kubectl("get", "--raw",
+                                   f"/apis/{C.GROUP}/{C.VERSION}/namespaces/{namespace}/{C.PLURAL}/{name}/scale").stdout)
+        assert scale["spec"]["replicas"] == 3 and scale["status"]["replicas"] == 3
+        assert scale["status"]["selector"] == f"{C.LABEL_SERVICE}={name},ray.io/node-type=worker"
+        wait_for(lambda: kuberay_observed(api, namespace, name), "KubeRay to observe the scaled RayService")
+        assert [c["metadata"]["uid"] for c in rayclusters(api, namespace, name)] == [first["metadata"]["uid"]]
+
+
+def test_autoscaling_bounds_scale_and_rejections(api, kubectl, namespace, run_operator):
+    doc = load_sample("autoscaling")
+    name = doc["metadata"]["name"]
+    with run_operator():
+        create_tgs(api, namespace, doc)
+        rs = wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name), "the RayService")
+        auto = model_deployment(rs)["autoscaling_config"]
+        assert (auto["min_replicas"], auto["max_replicas"]) == (2, 14)
+        # kubectl scale outside the autoscaling bounds is refused by the CRD's rule
+        proc = kubectl("scale", "-n", namespace, f"tgs/{name}", "--replicas=20", check=False)
+        assert proc.returncode != 0
+        assert "replicas must be within [autoscaling.minReplicas, autoscaling.maxReplicas]" in proc.stderr
+        api.patch_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, name,
+                                           {"spec": {"autoscaling": {"maxReplicas": 21}}})
+        wait_for(lambda: model_deployment(get(api, namespace, C.RAYSERVICE_PLURAL, name))
+                 ["autoscaling_config"]["max_replicas"] == 21, "the new maxReplicas in serveConfigV2")
+
+
+def test_drift_is_repaired(api, namespace, run_operator):
+    doc = load_sample("fixed")
+    name = doc["metadata"]["name"]
+    with run_operator() as log:
+        create_tgs(api, namespace, doc)
+        rs = wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name), "the RayService")
+        good = rs["spec"]["serveConfigV2"]
+        # someone edits the RayService by hand
+        api.patch_namespaced_custom_object(C.RAY_GROUP, "v1", namespace, C.RAYSERVICE_PLURAL, name,
+                                           {"spec": {"serveConfigV2": "applications: []\n"}})
+        wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name)["spec"]["serveConfigV2"] == good,
+                 "the operator to restore serveConfigV2")
+        assert log.count("drifted from its TextGenService") >= 1
+        # someone deletes it
+        old_uid = rs["metadata"]["uid"]
+        api.delete_namespaced_custom_object(C.RAY_GROUP, "v1", namespace, C.RAYSERVICE_PLURAL, name)
+        back = wait_for(lambda: (r := get(api, namespace, C.RAYSERVICE_PLURAL, name)) and
+                        r["metadata"]["uid"] != old_uid and r, "the RayService to come back")
+        assert back["spec"]["serveConfigV2"] == good
+        assert back["metadata"]["ownerReferences"][0]["name"] == name
+
+
+def test_restart_creates_nothing_twice(api, namespace, run_operator):
+    doc = load_sample("fixed")
+    name = doc["metadata"]["name"]
+    with run_operator() as log:
+        create_tgs(api, namespace, doc)
+        wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name), "the RayService")
+        cluster = one_raycluster(api, namespace, name)
+        wait_for(lambda: kuberay_observed(api, namespace, name), "KubeRay to observe the RayService")
+        wait_for(lambda: log.count("Handler 'reconcile' succeeded"), "the create handler to finish")
+    applied, handled = log.count("Applied RayService"), log.count("Handler 'reconcile' succeeded")
+    assert applied == 1
+    rs = get(api, namespace, C.RAYSERVICE_PLURAL, name)
+    with run_operator() as log:
+        wait_for(lambda: log.count("Handler 'reconcile' succeeded") > handled, "the resume handler to run")
+    again = get(api, namespace, C.RAYSERVICE_PLURAL, name)
+    assert (again["metadata"]["uid"], again["metadata"]["generation"]) == \
+        (rs["metadata"]["uid"], rs["metadata"]["generation"])
+    assert [c["metadata"]["uid"] for c in rayclusters(api, namespace, name)] == [cluster["metadata"]["uid"]]
+    assert log.count("Applied RayService") == applied
+
+
+def test_deleting_the_textgenservice_removes_rayservice_and_raycluster(api, namespace, run_operator):
+    doc = load_sample("fixed")
+    name = doc["metadata"]["name"]
+    with run_operator():
+        create_tgs(api, namespace, doc)
+        wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name), "the RayService")
+        one_raycluster(api, namespace, name)
+        tgs = get_tgs(api, namespace, name)
+        assert not tgs["metadata"].get("finalizers"), "no finalizer: garbage collection does the deleting"
+        api.delete_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, name)
+        wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name) is None, "the RayService to be collected",
+                 timeout=120)
+        wait_for(lambda: not api.list_namespaced_custom_object(
+            C.RAY_GROUP, "v1", namespace, C.RAYCLUSTER_PLURAL,
+            label_selector=f"ray.io/originated-from-cr-name={name}")["items"], "the RayCluster to be collected",
+            timeout=120)
+        assert get_tgs(api, namespace, name) is None

@@ -1,0 +1,701 @@
+"""Generation engine: iteration-level (continuous) batching for GPT-2 on CPU, no Ray inside.
+
+`GenerationEngine` wraps a loaded Hugging Face `GPT2LMHeadModel` and runs its own, small GPT-2 forward pass
+over the model's weights (the same tensors, no copy in float32) with a slot-based static KV cache:
+
+* a background thread runs the step loop; each iteration admits waiting requests into free slots
+  (one batched, right-padded prefill for all of them), then runs ONE decode step for every running request;
+  finished or cancelled requests leave the batch at once, new ones join at the next iteration;
+* the KV cache is ``[layers, slots, heads, capacity, head_dim]``; running requests always occupy slots
+  ``0..n-1`` (a finished request's slot is refilled by moving the last one into it), so every step works on
+  plain slices of the cache, no gathers; the capacity grows by doubling up to ``max_context``;
+* at decode time logits are computed for the last position only;
+* tokens stream to asyncio consumers through per-request ``asyncio.Queue`` fed with
+  ``loop.call_soon_threadsafe``.
+
+Usage::
+
+    engine = GenerationEngine(model, max_batch_size=16)
+    async for token_id in engine.generate(GenerationRequest(prompt_ids=[...], max_new_tokens=50, temperature=0)):
+        ...
+    engine.stats(); engine.shutdown()
+
+`generate()` submits the request immediately (it is a plain method returning a `GenerationStream`), so
+`EngineOverloaded` / `ValueError` are raised at the call, before the first token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EngineOverloaded",
+    "EngineStopped",
+    "GenerationEngine",
+    "GenerationRequest",
+    "GenerationStream",
+    "BATCH_SIZE_BUCKETS",
+]
+
+# Upper bounds of the batch-size histogram buckets (Prometheus style, cumulative counts in stats()).
+BATCH_SIZE_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class EngineOverloaded(RuntimeError):
+    """The waiting queue is full (``max_waiting``); the API should answer 503 + Retry-After."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine was shut down; no new requests are accepted and running ones are ended with this."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation request in token ids.
+
+    temperature 0 means greedy (argmax); ``stop_token_ids=None`` means the model's EOS token; stop tokens end the
+    request and are NOT yielded (``finish_reason == "stop"``); ``ignore_eos`` drops EOS from the stop set.
+    """
+
+    prompt_ids: Sequence[int]
+    max_new_tokens: int = 50
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] | None = None
+    ignore_eos: bool = False
+    request_id: str | None = None
+
+
+_END = object()  # end-of-stream sentinel put on a request's queue
+
+
+@dataclass(eq=False)
+class _Seq:
+    req: GenerationRequest
+    prompt: list[int]
+    stops: frozenset[int]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    generator: torch.Generator | None
+    id: int
+    arrival: float = field(default_factory=time.monotonic)
+    pos: int = 0  # tokens in the KV cache
+    last_token: int = -1  # next token to feed
+    generated: int = 0
+    emitted: int = 0
+    finish_reason: str | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+    done: bool = False
+    first_token_time: float | None = None
+
+
+class GenerationStream:
+    """What `GenerationEngine.generate` returns: an async iterator of token ids plus the request's outcome.
+
+    After iteration ends: ``finish_reason`` is ``"stop"`` (a stop token), ``"length"`` (max_new_tokens), or
+    ``"cancelled"``; ``prompt_tokens`` / ``completion_tokens`` count tokens. Leaving the loop early (break,
+    task cancelled, client disconnect) cancels the request and frees its slot.
+    """
+
+    def __init__(self, engine: "GenerationEngine", seq: _Seq):
+        self._engine = engine
+        self._seq = seq
+        self._agen = self._run()
+
+    async def _run(self) -> AsyncIterator[int]:
+        seq = self._seq
+        try:
+            while True:
+                item = await seq.queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not seq.done:
+                self._engine._cancel(seq)
+
+    def __aiter__(self) -> AsyncIterator[int]:
+        return self._agen
+
+    def __anext__(self):
+        return self._agen.__anext__()
+
+    async def aclose(self) -> None:
+        await self._agen.aclose()
+
+    def cancel(self) -> None:
+        """Cancel the request (thread-safe); the stream then ends with finish_reason 'cancelled'."""
+        self._engine._cancel(self._seq)
+
+    async def collect(self) -> list[int]:
+        return [t async for t in self._agen]
+
+    @property
+    def request_id(self) -> str | None:
+        return self._seq.req.request_id
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._seq.finish_reason
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self._seq.prompt)
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._seq.emitted
+
+    @property
+    def time_to_first_token_s(self) -> float | None:
+        s = self._seq
+        return None if s.first_token_time is None else s.first_token_time - s.arrival
+
+
+class _Weights:
+    """GPT-2 weights as plain tensors, laid out for the forward pass.
+
+    HF's Conv1D stores ``weight`` as [in, out] and computes ``x @ W + b``: float32 uses it as is (addmm, no copy).
+    bfloat16 keeps bf16 copies of the matmul weights and of the embedding used as the LM head.
+    """
+
+    def __init__(self, model: torch.nn.Module, cdt: torch.dtype):
+        cfg = model.config
+        tr = model.transformer
+        self.cdt = cdt
+        self.n_layer = cfg.n_layer
+        self.n_head = cfg.n_head
+        self.n_embd = cfg.n_embd
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.eps = cfg.layer_norm_epsilon
+        self.vocab = cfg.vocab_size
+        self.n_positions = cfg.n_positions
+
+        def d(t: torch.Tensor) -> torch.Tensor:
+            return t.detach()
+
+        def mm(t: torch.Tensor) -> torch.Tensor:
+            t = t.detach()
+            return t if t.dtype == cdt else t.to(cdt).contiguous()
+
+        self.wte = d(tr.wte.weight).float()  # [V, E] embedding lookups stay fp32
+        self.wpe = d(tr.wpe.weight).float()
+        lm = model.lm_head.weight if hasattr(model, "lm_head") else tr.wte.weight
+        self.lm_head = mm(lm)  # [V, E]; tied to wte for GPT-2
+        self.lm_bias = d(model.lm_head.bias) if getattr(model.lm_head, "bias", None) is not None else None
+        self.ln_f = (d(tr.ln_f.weight), d(tr.ln_f.bias))
+        self.layers = []
+        for i, blk in enumerate(tr.h):
+            scale = 1.0 / math.sqrt(self.head_dim) if cfg.scale_attn_weights else 1.0
+            if cfg.scale_attn_by_inverse_layer_idx:
+                scale /= float(i + 1)
+            self.layers.append(
+                dict(
+                    ln1=(d(blk.ln_1.weight), d(blk.ln_1.bias)),
+                    attn_w=mm(blk.attn.c_attn.weight),
+                    attn_b=mm(blk.attn.c_attn.bias),
+                    proj_w=mm(blk.attn.c_proj.weight),
+                    proj_b=mm(blk.attn.c_proj.bias),
+                    ln2=(d(blk.ln_2.weight), d(blk.ln_2.bias)),
+                    fc_w=mm(blk.mlp.c_fc.weight),
+                    fc_b=mm(blk.mlp.c_fc.bias),
+                    mp_w=mm(blk.mlp.c_proj.weight),
+                    mp_b=mm(blk.mlp.c_proj.bias),
+                    scale=scale,
+                )
+            )
+
+
+def _check_supported(model: torch.nn.Module) -> None:
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) != "gpt2":
+        raise TypeError(f"GenerationEngine supports GPT-2 (model_type 'gpt2'), got {getattr(cfg, 'model_type', None)!r}")
+    if getattr(cfg, "add_cross_attention", False):
+        raise TypeError("cross-attention GPT-2 variants are not supported")
+    if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu"):
+        raise TypeError(f"unsupported activation {cfg.activation_function!r}")
+    if next(model.parameters()).device.type != "cpu":
+        raise TypeError("GenerationEngine runs on CPU; move the model to CPU first")
+
+
+class GenerationEngine:
+    """Continuous-batching GPT-2 generation on CPU (see the module docstring).
+
+    Parameters: ``max_batch_size`` running requests (KV-cache slots); ``max_context`` tokens per request
+    (prompt + new tokens, at most the model's n_positions); ``dtype`` "float32" (default, exact) or
+    "bfloat16" (AMX matmuls, numerics change: off by default); ``max_waiting`` bounds the queue of requests not
+    yet running (None = unbounded) and ``generate`` raises `EngineOverloaded` beyond it; ``num_threads`` sets
+    torch's intra-op threads in the engine thread (None = leave as is); ``prefill_token_budget`` caps the
+    padded prompt tokens prefilled in one iteration (at least one request is always admitted);
+    ``attention`` "sdpa" or "matmul" (decode-step attention implementation); ``warmup`` runs one tiny
+    forward at start so the first request does not pay kernel set-up.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        max_batch_size: int = 16,
+        max_context: int = 1024,
+        dtype: str = "float32",
+        max_waiting: int | None = None,
+        num_threads: int | None = None,
+        prefill_token_budget: int = 4096,
+        initial_cache_tokens: int = 256,
+        attention: str = "matmul",
+        warmup: bool = True,
+        name: str = "gpt2-engine",
+    ):
+        _check_supported(model)
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if attention not in ("sdpa", "matmul"):
+            raise ValueError("attention must be 'sdpa' or 'matmul'")
+        self.dtype = dtype
+        self.cdt = _DTYPES[dtype]
+        self.max_batch_size = int(max_batch_size)
+        self.max_waiting = max_waiting
+        self.num_threads = num_threads
+        self.prefill_token_budget = int(prefill_token_budget)
+        self.attention = attention
+        cfg = model.config
+        self.eos_token_id = cfg.eos_token_id
+        self.vocab_size = cfg.vocab_size
+        self.max_context = int(min(max_context, cfg.n_positions))
+        self.model = model
+        self.w = _Weights(model, self.cdt)
+        self._cache_cap = 0
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._ensure_capacity(min(self.max_context, max(16, initial_cache_tokens)))
+
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[_Seq] = collections.deque()
+        self._running: list[_Seq] = []  # index == KV-cache slot
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self._stats_lock = threading.Lock()
+        self._counters = collections.Counter()
+        self._bs_hist = collections.Counter()  # batch size -> decode steps
+        self._rng = random.Random()
+        if warmup:
+            self._warmup()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public API
+    def generate(self, req: GenerationRequest) -> GenerationStream:
+        """Submit ``req`` now and return a stream of its token ids (call from a running asyncio loop)."""
+        prompt = self._validate(req)
+        loop = asyncio.get_running_loop()
+        stops = set(self.default_stop_ids() if req.stop_token_ids is None else req.stop_token_ids)
+        if req.ignore_eos and self.eos_token_id is not None:
+            stops.discard(self.eos_token_id)
+        gen = None
+        if req.temperature > 0:
+            gen = torch.Generator()
+            gen.manual_seed(req.seed if req.seed is not None else self._rng.getrandbits(63))
+        seq = _Seq(req=req, prompt=prompt, stops=frozenset(stops), loop=loop, queue=asyncio.Queue(),
+                   generator=gen, id=next(self._ids))
+        with self._cond:
+            if self._stopping:
+                raise EngineStopped("engine is shut down")
+            if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
+                self._bump("requests_rejected")
+                raise EngineOverloaded(f"{len(self._waiting)} requests waiting (max_waiting={self.max_waiting})")
+            self._waiting.append(seq)
+            self._bump("requests_total")
+            self._cond.notify()
+        return GenerationStream(self, seq)
+
+    async def complete(self, req: GenerationRequest) -> list[int]:
+        """Convenience: run ``req`` to the end and return its generated token ids."""
+        return await self.generate(req).collect()
+
+    def default_stop_ids(self) -> tuple[int, ...]:
+        return () if self.eos_token_id is None else (int(self.eos_token_id),)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics: totals since start, the batch-size histogram of decode steps, current load."""
+        with self._stats_lock:
+            c = dict(self._counters)
+            hist = dict(self._bs_hist)
+        with self._cond:
+            running, waiting = len(self._running), len(self._waiting)
+        cum, buckets = 0, {}
+        for ub in BATCH_SIZE_BUCKETS:
+            cum = sum(v for k, v in hist.items() if k <= ub)
+            buckets[ub] = cum
+        out = {k: c.get(k, 0) for k in (
+            "requests_total", "requests_finished", "requests_cancelled", "requests_failed", "requests_rejected",
+            "prompt_tokens_total", "generated_tokens_total", "steps_total", "prefill_steps_total",
+            "batch_size_sum", "batch_size_count")}
+        out.update(
+            running=running,
+            waiting=waiting,
+            max_batch_size=self.max_batch_size,
+            max_batch_size_seen=max(hist) if hist else 0,
+            batch_size_hist=dict(sorted(hist.items())),
+            batch_size_buckets=buckets,  # cumulative: steps with batch size <= bucket
+            kv_cache_tokens=self._cache_cap,
+            dtype=self.dtype,
+        )
+        out["busy_seconds_total"] = c.get("busy_ns", 0) / 1e9
+        return out
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the loop; requests still waiting or running end with `EngineStopped`."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    # ------------------------------------------------------------------ internals: bookkeeping
+    def _bump(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self._counters[key] += n
+
+    def _validate(self, req: GenerationRequest) -> list[int]:
+        prompt = [int(t) for t in req.prompt_ids]
+        if not prompt:
+            raise ValueError("prompt_ids must not be empty")
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
+        if req.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if len(prompt) + req.max_new_tokens > self.max_context:
+            raise ValueError(
+                f"prompt ({len(prompt)} tokens) + max_new_tokens ({req.max_new_tokens}) exceeds the context "
+                f"({self.max_context} tokens)")
+        if not (req.temperature >= 0 and math.isfinite(req.temperature)):
+            raise ValueError("temperature must be a finite number >= 0")
+        if not (0 < req.top_p <= 1):
+            raise ValueError("top_p must be in (0, 1]")
+        return prompt
+
+    def _cancel(self, seq: _Seq) -> None:
+        with self._cond:
+            if not seq.done and not seq.cancelled:
+                seq.cancelled = True
+                self._cond.notify()
+
+    def _post(self, seq: _Seq, item: Any) -> None:
+        try:
+            seq.loop.call_soon_threadsafe(seq.queue.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
+            seq.cancelled = True
+
+    def _finish(self, seq: _Seq, reason: str, error: BaseException | None = None) -> None:
+        if seq.done:
+            return
+        seq.finish_reason = reason
+        seq.done = True
+        key = {"cancelled": "requests_cancelled", "error": "requests_failed"}.get(reason, "requests_finished")
+        self._bump(key)
+        self._post(seq, error if error is not None else _END)
+
+    # ------------------------------------------------------------------ internals: the step loop
+    def _loop(self) -> None:
+        if self.num_threads:
+            torch.set_num_threads(int(self.num_threads))
+        try:
+            with torch.inference_mode():
+                while True:
+                    new = self._next_work()
+                    if new is None:
+                        break
+                    t0 = time.perf_counter_ns()
+                    if new:
+                        self._run_prefill(new)
+                    if self._running:
+                        self._run_decode()
+                    self._bump("busy_ns", time.perf_counter_ns() - t0)
+        except BaseException as e:  # pragma: no cover - defensive: never leave consumers hanging
+            log.exception("generation engine loop died")
+            with self._cond:
+                self._stopping = True
+            self._fail_all(EngineStopped(f"engine loop died: {e!r}"))
+            return
+        self._fail_all(EngineStopped("engine is shut down"))
+
+    def _fail_all(self, err: BaseException) -> None:
+        with self._cond:
+            seqs = list(self._running) + list(self._waiting)
+            self._running.clear()
+            self._waiting.clear()
+        for s in seqs:
+            self._finish(s, "error", err)
+
+    def _next_work(self) -> list[_Seq] | None:
+        """Drop cancelled requests, then admit waiting ones into free slots. None means stop."""
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                for i in range(len(self._running) - 1, -1, -1):
+                    if self._running[i].cancelled:
+                        self._release(i, "cancelled")
+                if any(s.cancelled for s in self._waiting):
+                    keep = collections.deque()
+                    for s in self._waiting:
+                        if s.cancelled:
+                            self._finish(s, "cancelled")
+                        else:
+                            keep.append(s)
+                    self._waiting = keep
+                if self._running or self._waiting:
+                    break
+                self._cond.wait()
+            new: list[_Seq] = []
+            longest = 0
+            while self._waiting and len(self._running) + len(new) < self.max_batch_size:
+                s = self._waiting[0]
+                longest2 = max(longest, len(s.prompt))
+                if new and longest2 * (len(new) + 1) > self.prefill_token_budget:
+                    break
+                longest = longest2
+                new.append(self._waiting.popleft())
+            return new
+
+    def _release(self, i: int, reason: str | None = None, error: BaseException | None = None) -> None:
+        """Remove running[i]; move the last running request into slot i so slots stay 0..n-1."""
+        seq = self._running[i]
+        last = len(self._running) - 1
+        if i != last:
+            moved = self._running[last]
+            n = moved.pos
+            if n:
+                self._k[:, i, :, :n] = self._k[:, last, :, :n]
+                self._v[:, i, :, :n] = self._v[:, last, :, :n]
+            self._running[i] = moved
+        self._running.pop()
+        if reason is not None:
+            self._finish(seq, reason, error)
+
+    def _ensure_capacity(self, tokens: int) -> None:
+        if tokens <= self._cache_cap:
+            return
+        cap = max(16, self._cache_cap)
+        while cap < tokens:
+            cap *= 2
+        cap = min(cap, self.max_context)
+        w = self.w
+        shape = (w.n_layer, self.max_batch_size, w.n_head, cap, w.head_dim)
+        k = torch.zeros(shape, dtype=self.cdt)
+        v = torch.zeros(shape, dtype=self.cdt)
+        if self._k is not None and self._cache_cap:
+            k[:, :, :, : self._cache_cap] = self._k
+            v[:, :, :, : self._cache_cap] = self._v
+        self._k, self._v, self._cache_cap = k, v, cap
+
+    def _emit(self, seqs: list[_Seq], tokens: list[int]) -> None:
+        """Record each request's new token; finished requests leave the batch."""
+        now = time.monotonic()
+        finished: list[_Seq] = []
+        emitted = 0
+        for s, t in zip(seqs, tokens):
+            if isinstance(t, BaseException):
+                log.warning("request %s failed: %r", s.req.request_id or s.id, t)
+                s.error = t
+                finished.append(s)
+                continue
+            s.generated += 1
+            s.last_token = t
+            if s.first_token_time is None:
+                s.first_token_time = now
+            if t in s.stops:
+                s.finish_reason = "stop"
+                finished.append(s)
+                continue
+            s.emitted += 1
+            emitted += 1
+            self._post(s, t)
+            if s.generated >= s.req.max_new_tokens or s.pos >= self.max_context:
+                s.finish_reason = "length"
+                finished.append(s)
+        self._bump("generated_tokens_total", emitted)
+        if finished:
+            with self._cond:
+                for s in finished:
+                    reason = "error" if s.error is not None else s.finish_reason
+                    s.finish_reason = None
+                    self._release(self._running.index(s), reason, s.error)
+
+    def _fail_step(self, seqs: list[_Seq], err: BaseException) -> None:
+        log.exception("generation step failed for %d request(s)", len(seqs))
+        with self._cond:
+            for s in seqs:
+                if s in self._running:
+                    self._release(self._running.index(s), "error", err)
+
+    def _run_prefill(self, new: list[_Seq]) -> None:
+        with self._cond:
+            base = len(self._running)
+            self._running.extend(new)
+        try:
+            lens = [len(s.prompt) for s in new]
+            self._ensure_capacity(max(lens) + 1)
+            logits = self._prefill(base, [s.prompt for s in new], lens)
+            for s, n in zip(new, lens):
+                s.pos = n
+            self._bump("prefill_steps_total")
+            self._bump("prompt_tokens_total", sum(lens))
+            tokens = self._sample(new, logits)
+        except Exception as e:  # one bad batch must not kill the loop
+            self._fail_step(new, e)
+            return
+        self._emit(new, tokens)
+
+    def _run_decode(self) -> None:
+        seqs = list(self._running)
+        n = len(seqs)
+        try:
+            self._ensure_capacity(max(s.pos for s in seqs) + 1)
+            logits = self._decode(n, [s.last_token for s in seqs], [s.pos for s in seqs])
+            for s in seqs:
+                s.pos += 1
+            with self._stats_lock:
+                self._counters["steps_total"] += 1
+                self._counters["batch_size_sum"] += n
+                self._counters["batch_size_count"] += 1
+                self._bs_hist[n] += 1
+            tokens = self._sample(seqs, logits)
+        except Exception as e:
+            self._fail_step(seqs, e)
+            return
+        self._emit(seqs, tokens)
+
+    def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> list[Any]:
+        """Greedy rows by one batched argmax; sampled rows one by one with their own generator.
+
+        A row whose sampling fails gets the exception instead of a token (that request alone ends with it)."""
+        out = logits.argmax(dim=-1).tolist()
+        for i, s in enumerate(seqs):
+            req = s.req
+            if req.temperature <= 0:
+                continue
+            try:
+                row = logits[i].float() / req.temperature
+                probs = torch.softmax(row, dim=-1)
+                if req.top_p < 1.0:
+                    sp, si = torch.sort(probs, descending=True)
+                    cum = torch.cumsum(sp, dim=-1)
+                    keep = (cum - sp) < req.top_p  # always keeps the most likely token
+                    sp = sp * keep
+                    choice = torch.multinomial(sp, 1, generator=s.generator)
+                    out[i] = int(si[choice])
+                else:
+                    out[i] = int(torch.multinomial(probs, 1, generator=s.generator))
+            except Exception as e:  # this request alone fails (e.g. inf/nan probabilities)
+                out[i] = e
+        return out
+
+    # ------------------------------------------------------------------ internals: the GPT-2 forward pass
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        # gelu_new exactly as transformers computes it (keeps greedy tokens identical to HF in float32).
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+    def _mlp_and_proj(self, x: torch.Tensor, o: torch.Tensor, L: dict) -> torch.Tensor:
+        cdt, E, eps = self.cdt, self.w.n_embd, self.w.eps
+        x = x + torch.addmm(L["proj_b"], o.to(cdt), L["proj_w"]).float()
+        h = F.layer_norm(x, (E,), *L["ln2"], eps).to(cdt)
+        m = self._act(torch.addmm(L["fc_b"], h, L["fc_w"]))
+        return x + torch.addmm(L["mp_b"], m, L["mp_w"]).float()
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.w
+        h = F.layer_norm(x, (w.n_embd,), *w.ln_f, w.eps).to(self.cdt)
+        logits = h @ w.lm_head.t()
+        if w.lm_bias is not None:
+            logits = logits + w.lm_bias
+        return logits.float()
+
+    def _prefill(self, base: int, prompts: list[list[int]], lens: list[int]) -> torch.Tensor:
+        """Right-padded batched prefill into slots base..base+b-1; returns last-position logits [b, V]."""
+        w, cdt = self.w, self.cdt
+        b, T = len(prompts), max(lens)
+        E, H, D = w.n_embd, w.n_head, w.head_dim
+        ids = torch.zeros((b, T), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        lens_t = torch.tensor(lens, dtype=torch.long)
+        x = (w.wte[ids] + w.wpe[:T]).reshape(b * T, E)
+        ar = torch.arange(T)
+        # query i sees keys j <= i that are real tokens (j < len); key 0 always visible -> no empty rows
+        mask = (ar[None, :] <= ar[:, None])[None] & (ar[None, None, :] < lens_t[:, None, None])
+        mask = mask[:, None]  # [b, 1, T, T]
+        for li, L in enumerate(w.layers):
+            h = F.layer_norm(x, (E,), *L["ln1"], w.eps).to(cdt)
+            qkv = torch.addmm(L["attn_b"], h, L["attn_w"]).view(b, T, 3, H, D)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [b, H, T, D]
+            self._k[li, base : base + b, :, :T] = k
+            self._v[li, base : base + b, :, :T] = v
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=L["scale"])
+            o = o.transpose(1, 2).reshape(b * T, E)
+            x = self._mlp_and_proj(x, o, L)
+        last = x.view(b, T, E)[torch.arange(b), lens_t - 1]
+        return self._logits(last)
+
+    def _decode(self, n: int, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """One decode step for slots 0..n-1: feed ``tokens`` at ``positions``; returns logits [n, V]."""
+        w, cdt = self.w, self.cdt
+        E, H, D = w.n_embd, w.n_head, w.head_dim
+        tok = torch.tensor(tokens, dtype=torch.long)
+        pos = torch.tensor(positions, dtype=torch.long)
+        T = max(positions) + 1
+        x = w.wte[tok] + w.wpe[pos]  # [n, E]
+        slots = torch.arange(n)
+        valid = torch.arange(T)[None, :] <= pos[:, None]  # [n, T]
+        if self.attention == "sdpa":
+            amask = valid[:, None, None, :]
+        else:
+            amask = torch.zeros((n, 1, 1, T), dtype=cdt).masked_fill_(~valid[:, None, None, :], float("-inf"))
+        for li, L in enumerate(w.layers):
+            h = F.layer_norm(x, (E,), *L["ln1"], w.eps).to(cdt)
+            qkv = torch.addmm(L["attn_b"], h, L["attn_w"]).view(n, 3, H, D)
+            q, k, v = qkv.unbind(1)  # [n, H, D]
+            kc, vc = self._k[li], self._v[li]
+            kc[slots, :, pos] = k
+            vc[slots, :, pos] = v
+            K, V = kc[:n, :, :T], vc[:n, :, :T]  # views, no copy
+            q = q.unsqueeze(2)  # [n, H, 1, D]
+            if self.attention == "sdpa":
+                o = F.scaled_dot_product_attention(q, K, V, attn_mask=amask, scale=L["scale"])
+            else:
+                att = torch.matmul(q, K.transpose(-1, -2)) * L["scale"] + amask
+                o = torch.matmul(torch.softmax(att, dim=-1), V)
+            x = self._mlp_and_proj(x, o.reshape(n, E), L)
+        return self._logits(x)
+
+    def _warmup(self) -> None:
+        with torch.inference_mode():
+            for b in sorted({1, min(2, self.max_batch_size)}):
+                self._prefill(0, [[0, 1, 2, 3]] * b, [4] * b)
+                self._decode(b, [4] * b, [4] * b)

@@ -1,0 +1,27 @@
+"""Fixtures for the generation-engine tests (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+from engine_testlib import make_model
+
+from serve_app.engine import GenerationEngine
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return make_model()
+
+
+@pytest.fixture
+def make_engine():
+    engines: list[GenerationEngine] = []
+
+    def factory(model, **kw) -> GenerationEngine:
+        e = GenerationEngine(model, **kw)
+        engines.append(e)
+        return e
+
+    yield factory
+    for e in engines:
+        e.shutdown()

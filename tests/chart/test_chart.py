@@ -360,3 +360,28 @@ def test_kuberay_is_not_a_hard_dependency():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert not chart.get("dependencies")
     assert chart["kubeVersion"].startswith(">=")
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ([], ["--all-namespaces"]),
+    (["--set", "watchNamespace=apps", "--set", "operator.verbose=true"], ["--namespace", "apps", "--verbose"]),
+], ids=["cluster-wide", "one-namespace"])
+def test_container_args_are_accepted_by_the_operator_cli(extra, expected):
+    """The Deployment's command line parses with `python -m textgen_operator` and, through it, kopf's `run`."""
+    from kopf.cli import main as kopf_main
+
+    from textgen_operator.__main__ import kopf_args
+
+    (container,) = by_kind(render_objects(*extra), "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "textgen_operator"]
+    args = kopf_args(container["args"])
+    assert args[:2] == ["run", "--standalone"]
+    for flag in expected:
+        assert flag in args, args
+    run = kopf_main.get_command(kopf_main.make_context("kopf", list(args)), "run")
+    params = run.make_context("run", args[1:]).params
+    assert params["standalone"] is True
+    assert params["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
+    assert params["clusterwide"] is (not extra)
+    assert params["namespaces"] == (("apps",) if extra else ())
+    assert params["log_format"].name == "JSON"

@@ -168,3 +168,74 @@ def test_plain_manifests_apply_cleanly(kubectl):
             kubectl("delete", "namespace", PLAIN_NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
     for kind, name in cluster_scoped:
         assert not exists(kubectl, kind, name)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_operator_works_with_only_the_charts_rbac(kubeconfig, kubectl, namespace, tmp_path):
+    """Run the operator with the Deployment's own command line, authenticated as the chart's ServiceAccount
+    (a TokenRequest token): its health endpoint answers, and it turns the TextGenService from values into a
+    RayService. So the least-privilege RBAC is also enough."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    release = f"to-{namespace}"
+    fullname = f"{release}-textgen-operator"
+    port = _free_port()
+    proc = None
+    try:
+        helm("install", release, str(CHART), "--kubeconfig", kubeconfig, "--namespace", namespace,
+             "--set", f"watchNamespace={namespace}", "--set", f"operator.healthPort={port}",
+             "--set", "operator.logFormat=plain", "--set", "textGenServices[0].name=demo",
+             "--set", "textGenServices[0].spec.replicas=2", timeout=180)
+        token = kubectl("create", "token", fullname, "-n", namespace, "--duration", "10m").stdout.strip()
+        admin = yaml.safe_load(open(kubeconfig).read())
+        cluster = admin["clusters"][0]["cluster"]
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+            "clusters": [{"name": "c", "cluster": cluster}],
+            "users": [{"name": "sa", "user": {"token": token}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": namespace}}],
+        }))
+        container = kget(kubectl, "deployment", fullname, "-n", namespace)["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["python", "-m", "textgen_operator"]
+        env = dict(os.environ, KUBECONFIG=str(tmp_path / "kubeconfig"),
+                   PYTHONPATH=os.pathsep.join([str(ROOT / "operator"), str(ROOT)]))
+        env.pop("WATCH_NAMESPACE", None)
+        log = open(tmp_path / "operator.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "textgen_operator", *container["args"]], cwd=tmp_path,
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+
+        def healthy():
+            assert proc.poll() is None, (tmp_path / "operator.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    return resp.status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, "the operator's /healthz", timeout=60)
+        rs = wait_for(lambda: exists(kubectl, "rayservice", "demo", "-n", namespace) and
+                      kget(kubectl, "rayservice", "demo", "-n", namespace), "the RayService", timeout=90)
+        assert rs["metadata"]["ownerReferences"][0]["kind"] == "TextGenService"
+        wait_for(lambda: kget(kubectl, "tgs", "demo", "-n", namespace).get("status"), "TextGenService status",
+                 timeout=60)
+        text = (tmp_path / "operator.log").read_text()
+        assert "403" not in text and "Forbidden" not in text, text[-3000:]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        helm("uninstall", release, "--kubeconfig", kubeconfig, "--namespace", namespace, check=False)

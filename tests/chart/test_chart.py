@@ -262,6 +262,8 @@ BAD_VALUES = [
      "at '/textGenServices/0': additional properties 'replicas' not allowed"),
     (["--set", "textGenServices[0].name=a", "--set", "textGenServices[1].name=a"],
      'textGenServices: "textgen-system/a" is listed twice'),
+    (["--set", "watchNamespace=apps", "--set", "textGenServices[0].name=a"],
+     'textGenServices: "textgen-system/a" would not be seen by the operator, which watches only namespace "apps"'),
     (["--set", "image.tag=latest"], "image.tag: `latest` is not allowed; pin a version"),
     (["--set", "helmTest.image.tag=latest"], "helmTest.image.tag: `latest` is not allowed; pin a version"),
     (["--set", "serviceAccount.create=false"], "serviceAccount.name is required when serviceAccount.create is false"),

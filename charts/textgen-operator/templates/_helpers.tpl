@@ -113,6 +113,9 @@ and KubeRay exposes it as `<rayservice>-serve-svc` (port 8000). The argument is 
 {{- fail (printf "textGenServices: %q is listed twice; names must be unique per namespace" $key) }}
 {{- end }}
 {{- $_ := set $seen $key true }}
+{{- if and $.Values.watchNamespace (ne (.namespace | default $.Release.Namespace) $.Values.watchNamespace) }}
+{{- fail (printf "textGenServices: %q would not be seen by the operator, which watches only namespace %q (watchNamespace)" $key $.Values.watchNamespace) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.helmTest.service (not .Values.helmTest.enabled) }}
 {{- fail "helmTest.service is set but helmTest.enabled is false" }}

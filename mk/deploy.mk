@@ -14,7 +14,7 @@ KIND             ?= kind
 KIND_CLUSTER     ?= textgen
 KIND_CONFIG      ?= manifests/kind/kind-config.yaml
 KIND_NODE_IMAGE  ?= kindest/node:v1.33.1
-RELEASE          ?= textgen
+RELEASE          ?= textgen-operator
 NAMESPACE        ?= textgen-system
 # Extra `helm upgrade --install` arguments for `make deploy`, e.g. DEPLOY_ARGS='-f my-values.yaml'.
 DEPLOY_ARGS      ?=
@@ -118,7 +118,8 @@ undeploy: ## Uninstall the chart (the CRD and its TextGenServices stay; delete t
 .PHONY: e2e
 e2e: ## On kind: build and load images, install KubeRay and the chart with a GPT-2 TextGenService, curl /generate.
 	$(MAKE) kind-up images kind-load kuberay-install
-	$(MAKE) deploy DEPLOY_ARGS="-f $(E2E_VALUES) --wait --timeout 5m $(DEPLOY_ARGS)"
+	$(MAKE) deploy DEPLOY_ARGS="-f $(E2E_VALUES) $(DEPLOY_ARGS)"
+	$(KUBECTL) -n $(NAMESPACE) rollout status deployment -l app.kubernetes.io/instance=$(RELEASE) --timeout 5m
 	$(KUBECTL) -n $(NAMESPACE) get tgs
 	$(KUBECTL) -n $(NAMESPACE) wait tgs/$(E2E_TGS) --for=condition=Ready --timeout=$(E2E_TIMEOUT)
 	@set -e; \

@@ -161,7 +161,7 @@ def main() -> None:
                 r = run_hf_cb(model, prompts, c, a.new_tokens)
             else:
                 dtype = "bfloat16" if variant.startswith("bf16") else "float32"
-                attention = "sdpa" if variant.endswith("-sdpa") else "matmul"
+                attention = "sdpa" if variant.endswith("-sdpa") else ("matmul" if variant.endswith("-mm") else "auto")
                 eng = GenerationEngine(model, max_batch_size=max(a.max_batch_size, 1), dtype=dtype,
                                        attention=attention, num_threads=threads)
                 try:

@@ -150,6 +150,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         num_cpus=a.cpus,
         include_dashboard=False,
         namespace="serve",
+        _node_ip_address="127.0.0.1",
         object_store_memory=256 * 1024 * 1024,
         _temp_dir=temp_dir,
     )

@@ -172,14 +172,52 @@ class GenerationStream:
         return None if s.first_token_time is None else s.first_token_time - s.arrival
 
 
-class _Weights:
-    """GPT-2 weights as plain tensors, laid out for the forward pass.
+def _gelu_new(x: torch.Tensor) -> torch.Tensor:
+    # gelu_new exactly as transformers computes it (keeps greedy tokens identical to HF in float32).
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
-    HF's Conv1D stores ``weight`` as [in, out] and computes ``x @ W + b``: float32 uses it as is (addmm, no copy).
-    bfloat16 keeps bf16 copies of the matmul weights and of the embedding used as the LM head.
+
+class _Linear:
+    """``x @ W + b`` for a weight given as [in, out] (HF Conv1D layout).
+
+    float32: ``torch.addmm`` on the model's own tensor (no copy, bit-for-bit HF's math). bfloat16: the weight is
+    cast and pre-packed once for oneDNN (AMX on CPUs that have it; ``packed_batch`` is a layout hint, any batch
+    size works), with the tanh-GELU fused into the matmul for the MLP; plain ``F.linear`` if oneDNN is missing.
     """
 
-    def __init__(self, model: torch.nn.Module, cdt: torch.dtype):
+    def __init__(self, w_in_out: torch.Tensor, bias: torch.Tensor | None, cdt: torch.dtype, packed_batch: int):
+        self.cdt = cdt
+        w_in_out = w_in_out.detach()
+        self.b = None if bias is None else bias.detach().to(cdt)
+        if cdt == torch.float32:
+            self.kind, self.w = "addmm", w_in_out.float()
+            return
+        wt = w_in_out.t().to(cdt).contiguous()  # [out, in]
+        self.kind, self.w = "linear", wt
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(wt, batch_size=packed_batch)
+            probe = torch.zeros(2, wt.shape[1], dtype=cdt)
+            torch.ops.mkldnn._linear_pointwise(probe, packed, self.b, "none", [], "")
+            self.kind, self.w = "dnnl", packed
+        except Exception:  # pragma: no cover - torch built without oneDNN
+            log.info("oneDNN packed linear unavailable; using F.linear for %s", cdt)
+
+    def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        if self.kind == "addmm":
+            y = torch.mm(x, self.w) if self.b is None else torch.addmm(self.b, x, self.w)
+        elif self.kind == "dnnl":
+            if gelu:
+                return torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "gelu", [], "tanh")
+            return torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "none", [], "")
+        else:
+            y = F.linear(x, self.w, self.b)
+        return _gelu_new(y) if gelu else y
+
+
+class _Weights:
+    """GPT-2 weights as plain tensors / `_Linear`s, laid out for the forward pass."""
+
+    def __init__(self, model: torch.nn.Module, cdt: torch.dtype, packed_batch: int):
         cfg = model.config
         tr = model.transformer
         self.cdt = cdt
@@ -194,15 +232,14 @@ class _Weights:
         def d(t: torch.Tensor) -> torch.Tensor:
             return t.detach()
 
-        def mm(t: torch.Tensor) -> torch.Tensor:
-            t = t.detach()
-            return t if t.dtype == cdt else t.to(cdt).contiguous()
+        def lin(conv) -> _Linear:
+            return _Linear(conv.weight, conv.bias, cdt, packed_batch)
 
         self.wte = d(tr.wte.weight).float()  # [V, E] embedding lookups stay fp32
         self.wpe = d(tr.wpe.weight).float()
-        lm = model.lm_head.weight if hasattr(model, "lm_head") else tr.wte.weight
-        self.lm_head = mm(lm)  # [V, E]; tied to wte for GPT-2
-        self.lm_bias = d(model.lm_head.bias) if getattr(model.lm_head, "bias", None) is not None else None
+        head = getattr(model, "lm_head", None)
+        lm = head.weight if head is not None else tr.wte.weight  # [V, E]; tied to wte for GPT-2
+        self.lm_head = _Linear(lm.t(), getattr(head, "bias", None), cdt, packed_batch)
         self.ln_f = (d(tr.ln_f.weight), d(tr.ln_f.bias))
         self.layers = []
         for i, blk in enumerate(tr.h):
@@ -212,15 +249,11 @@ class _Weights:
             self.layers.append(
                 dict(
                     ln1=(d(blk.ln_1.weight), d(blk.ln_1.bias)),
-                    attn_w=mm(blk.attn.c_attn.weight),
-                    attn_b=mm(blk.attn.c_attn.bias),
-                    proj_w=mm(blk.attn.c_proj.weight),
-                    proj_b=mm(blk.attn.c_proj.bias),
+                    attn=lin(blk.attn.c_attn),
+                    proj=lin(blk.attn.c_proj),
                     ln2=(d(blk.ln_2.weight), d(blk.ln_2.bias)),
-                    fc_w=mm(blk.mlp.c_fc.weight),
-                    fc_b=mm(blk.mlp.c_fc.bias),
-                    mp_w=mm(blk.mlp.c_proj.weight),
-                    mp_b=mm(blk.mlp.c_proj.bias),
+                    fc=lin(blk.mlp.c_fc),
+                    mp=lin(blk.mlp.c_proj),
                     scale=scale,
                 )
             )
@@ -247,7 +280,8 @@ class GenerationEngine:
     yet running (None = unbounded) and ``generate`` raises `EngineOverloaded` beyond it; ``num_threads`` sets
     torch's intra-op threads in the engine thread (None = leave as is); ``prefill_token_budget`` caps the
     padded prompt tokens prefilled in one iteration (at least one request is always admitted);
-    ``attention`` "sdpa" or "matmul" (decode-step attention implementation); ``warmup`` runs one tiny
+    ``attention`` "auto", "sdpa" or "matmul" (decode-step attention; auto picks what measured
+    fastest for the dtype); ``warmup`` runs one tiny
     forward at start so the first request does not pay kernel set-up.
     """
 
@@ -262,7 +296,7 @@ class GenerationEngine:
         num_threads: int | None = None,
         prefill_token_budget: int = 4096,
         initial_cache_tokens: int = 256,
-        attention: str = "matmul",
+        attention: str = "auto",
         warmup: bool = True,
         name: str = "gpt2-engine",
     ):
@@ -271,21 +305,22 @@ class GenerationEngine:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
-        if attention not in ("sdpa", "matmul"):
-            raise ValueError("attention must be 'sdpa' or 'matmul'")
+        if attention not in ("auto", "sdpa", "matmul"):
+            raise ValueError("attention must be 'auto', 'sdpa' or 'matmul'")
         self.dtype = dtype
         self.cdt = _DTYPES[dtype]
         self.max_batch_size = int(max_batch_size)
         self.max_waiting = max_waiting
         self.num_threads = num_threads
         self.prefill_token_budget = int(prefill_token_budget)
-        self.attention = attention
+        # measured (bench/ENGINE.md): matmul+softmax is fastest in float32 at short contexts, SDPA in bfloat16
+        self.attention = attention if attention != "auto" else ("matmul" if dtype in ("float32", "fp32") else "sdpa")
         cfg = model.config
         self.eos_token_id = cfg.eos_token_id
         self.vocab_size = cfg.vocab_size
         self.max_context = int(min(max_context, cfg.n_positions))
         self.model = model
-        self.w = _Weights(model, self.cdt)
+        self.w = _Weights(model, self.cdt, self.max_batch_size)
         self._cache_cap = 0
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
@@ -618,24 +653,16 @@ class GenerationEngine:
         return out
 
     # ------------------------------------------------------------------ internals: the GPT-2 forward pass
-    def _act(self, x: torch.Tensor) -> torch.Tensor:
-        # gelu_new exactly as transformers computes it (keeps greedy tokens identical to HF in float32).
-        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-
     def _mlp_and_proj(self, x: torch.Tensor, o: torch.Tensor, L: dict) -> torch.Tensor:
         cdt, E, eps = self.cdt, self.w.n_embd, self.w.eps
-        x = x + torch.addmm(L["proj_b"], o.to(cdt), L["proj_w"]).float()
+        x = x + L["proj"](o.to(cdt)).float()
         h = F.layer_norm(x, (E,), *L["ln2"], eps).to(cdt)
-        m = self._act(torch.addmm(L["fc_b"], h, L["fc_w"]))
-        return x + torch.addmm(L["mp_b"], m, L["mp_w"]).float()
+        return x + L["mp"](L["fc"](h, gelu=True)).float()
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w
         h = F.layer_norm(x, (w.n_embd,), *w.ln_f, w.eps).to(self.cdt)
-        logits = h @ w.lm_head.t()
-        if w.lm_bias is not None:
-            logits = logits + w.lm_bias
-        return logits.float()
+        return w.lm_head(h).float()
 
     def _prefill(self, base: int, prompts: list[list[int]], lens: list[int]) -> torch.Tensor:
         """Right-padded batched prefill into slots base..base+b-1; returns last-position logits [b, V]."""
@@ -653,7 +680,7 @@ class GenerationEngine:
         mask = mask[:, None]  # [b, 1, T, T]
         for li, L in enumerate(w.layers):
             h = F.layer_norm(x, (E,), *L["ln1"], w.eps).to(cdt)
-            qkv = torch.addmm(L["attn_b"], h, L["attn_w"]).view(b, T, 3, H, D)
+            qkv = L["attn"](h).view(b, T, 3, H, D)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [b, H, T, D]
             self._k[li, base : base + b, :, :T] = k
             self._v[li, base : base + b, :, :T] = v
@@ -679,7 +706,7 @@ class GenerationEngine:
             amask = torch.zeros((n, 1, 1, T), dtype=cdt).masked_fill_(~valid[:, None, None, :], float("-inf"))
         for li, L in enumerate(w.layers):
             h = F.layer_norm(x, (E,), *L["ln1"], w.eps).to(cdt)
-            qkv = torch.addmm(L["attn_b"], h, L["attn_w"]).view(n, 3, H, D)
+            qkv = L["attn"](h).view(n, 3, H, D)
             q, k, v = qkv.unbind(1)  # [n, H, D]
             kc, vc = self._k[li], self._v[li]
             kc[slots, :, pos] = k

@@ -34,6 +34,9 @@ LOCAL_KUBECONFIG = ROOT / ".cluster" / "kubeconfig"
 # cluster does not stop it under another session that is still running tests on the same checkout.
 USERS_DIR = ROOT / ".cache" / "cluster-users"
 FIXTURE_LOCK = ROOT / ".cache" / "cluster-fixture.lock"
+# Written when a pytest session started the cluster: the last session using it then stops it. A cluster that
+# `make cluster-up` started has no marker and is left running.
+STARTED_BY_PYTEST = ROOT / ".cluster" / "started-by-pytest"
 KUBERAY_SAMPLES = ROOT / ".cache" / "kuberay" / "samples"
 
 USE_EXISTING_ENV = "TEXTGEN_USE_EXISTING_CLUSTER"
@@ -122,16 +125,16 @@ def kubeconfig() -> Iterator[str]:
     USERS_DIR.mkdir(parents=True, exist_ok=True)
     me = USERS_DIR / str(os.getpid())
     with _fixture_lock():
-        already_up = _cluster_sh("status", check=False, capture=True).returncode == 0
-        if not already_up:
+        if _cluster_sh("status", check=False, capture=True).returncode != 0:
             _cluster_sh("up")  # builds first when needed; fails loudly with the component's log tail
+            STARTED_BY_PYTEST.write_text(f"{os.getpid()}\n")
         me.touch()
     try:
         yield str(LOCAL_KUBECONFIG)
     finally:
         with _fixture_lock():
             me.unlink(missing_ok=True)
-            if not already_up and not _other_live_users():
+            if STARTED_BY_PYTEST.exists() and not _other_live_users():
                 _cluster_sh("down", check=False)
 
 

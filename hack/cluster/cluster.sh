@@ -76,9 +76,11 @@ start_component() { # name, args...
 # wait_for NAME SECONDS CMD...: poll CMD until it succeeds; fail early when NAME's process died.
 wait_for() {
   local name="$1" secs="$2"; shift 2
-  local deadline=$(( $(date +%s) + secs ))
+  local deadline=$(( $(date +%s) + secs )) pid
+  pid="$(cat "$PIDS/$name.pid")"
   until "$@" >/dev/null 2>&1; do
-    if [ -z "$(pid_of "$name")" ]; then
+    # kill -0, not pid_of: right after the fork the child may not have exec'd the binary yet.
+    if ! kill -0 "$pid" 2>/dev/null; then
       log "$name exited; last lines of $LOGS/$name.log:"; tail -n 30 "$LOGS/$name.log" >&2 || true
       return 1
     fi
@@ -174,6 +176,15 @@ all_running() {
 
 # ---------------------------------------------------------------- commands
 
+stop_all() {
+  local c pid
+  for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
+    c="${COMPONENTS[$i]}"
+    pid="$(pid_of "$c")"
+    [ -z "$pid" ] || stop_pid "$c" "$pid"
+  done
+}
+
 cmd_down() {
   local c pid found=0
   for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
@@ -212,6 +223,8 @@ cmd_up() {
   # Anything half-started or left over from an earlier run: stop it by PID and start clean.
   cmd_down
   mkdir -p "$STATE" "$PIDS" "$LOGS"
+  # A failed start stops what it started, keeping $STATE (logs) for a look; the next `up` or `down` removes it.
+  trap 'rc=$?; if [ $rc -ne 0 ]; then log "start failed: stopping what was started (logs kept in $LOGS)"; stop_all; fi' EXIT
   make_pki
 
   read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT KUBERAY_METRICS_PORT KUBERAY_PROBE_PORT <<<"$(free_ports 6)"
@@ -269,6 +282,7 @@ EOF
 
   wait_for kube-controller-manager 60 kcm_ready || die "kube-controller-manager did not become healthy"
   wait_for kuberay-operator 60 kuberay_ready || die "KubeRay operator did not become ready"
+  trap - EXIT
   log "ready in $(( $(date +%s) - t0 )) s"
   print_usage
 }

@@ -281,7 +281,8 @@ class GenerationEngine:
     torch's intra-op threads in the engine thread (None = leave as is); ``prefill_token_budget`` caps the
     padded prompt tokens prefilled in one iteration (at least one request is always admitted);
     ``attention`` "auto", "sdpa" or "matmul" (decode-step attention; auto picks what measured
-    fastest for the dtype); ``warmup`` runs one tiny
+    fastest for the dtype); ``mixed_prefill`` prefills new requests inside the decode step's forward pass
+    (True) instead of in a pass of their own; ``warmup`` runs one tiny
     forward at start so the first request does not pay kernel set-up.
     """
 
@@ -297,6 +298,7 @@ class GenerationEngine:
         prefill_token_budget: int = 4096,
         initial_cache_tokens: int = 256,
         attention: str = "auto",
+        mixed_prefill: bool = True,
         warmup: bool = True,
         name: str = "gpt2-engine",
     ):
@@ -313,6 +315,7 @@ class GenerationEngine:
         self.max_waiting = max_waiting
         self.num_threads = num_threads
         self.prefill_token_budget = int(prefill_token_budget)
+        self.mixed_prefill = bool(mixed_prefill)
         # measured (bench/ENGINE.md): matmul+softmax is fastest in float32 at short contexts, SDPA in bfloat16
         self.attention = attention if attention != "auto" else ("matmul" if dtype in ("float32", "fp32") else "sdpa")
         cfg = model.config
@@ -467,10 +470,13 @@ class GenerationEngine:
                     if new is None:
                         break
                     t0 = time.perf_counter_ns()
-                    if new:
-                        self._run_prefill(new)
-                    if self._running:
-                        self._run_decode()
+                    if self.mixed_prefill:
+                        self._run_step(new)  # one forward pass: decode rows + new prompts
+                    else:
+                        if new:
+                            self._run_step(new, decode=False)
+                        if self._running:
+                            self._run_step([])
                     self._bump("busy_ns", time.perf_counter_ns() - t0)
         except BaseException as e:  # pragma: no cover - defensive: never leave consumers hanging
             log.exception("generation engine loop died")
@@ -590,39 +596,37 @@ class GenerationEngine:
                 if s in self._running:
                     self._release(self._running.index(s), "error", err)
 
-    def _run_prefill(self, new: list[_Seq]) -> None:
+    def _run_step(self, new: list[_Seq], decode: bool = True) -> None:
+        """One engine iteration: a decode token for every running request (unless ``decode`` is False) and the
+        prefill of ``new`` ones, in ONE forward pass so the weights are read once; every request gets a token."""
         with self._cond:
+            dec = list(self._running) if decode else []
             base = len(self._running)
             self._running.extend(new)
+        seqs = dec + new
+        if not seqs:
+            return
+        lens = [len(s.prompt) for s in new]
         try:
-            lens = [len(s.prompt) for s in new]
-            self._ensure_capacity(max(lens) + 1)
-            logits = self._prefill(base, [s.prompt for s in new], lens)
+            self._ensure_capacity(max([s.pos + 1 for s in dec] + [n + 1 for n in lens]))
+            logits = self._forward(len(dec), [s.last_token for s in dec], [s.pos for s in dec],
+                                   [s.prompt for s in new], lens, base=base)
+            for s in dec:
+                s.pos += 1
             for s, n in zip(new, lens):
                 s.pos = n
-            self._bump("prefill_steps_total")
-            self._bump("prompt_tokens_total", sum(lens))
-            tokens = self._sample(new, logits)
-        except Exception as e:  # one bad batch must not kill the loop
-            self._fail_step(new, e)
-            return
-        self._emit(new, tokens)
-
-    def _run_decode(self) -> None:
-        seqs = list(self._running)
-        n = len(seqs)
-        try:
-            self._ensure_capacity(max(s.pos for s in seqs) + 1)
-            logits = self._decode(n, [s.last_token for s in seqs], [s.pos for s in seqs])
-            for s in seqs:
-                s.pos += 1
+            n = len(seqs)
             with self._stats_lock:
-                self._counters["steps_total"] += 1
-                self._counters["batch_size_sum"] += n
-                self._counters["batch_size_count"] += 1
+                c = self._counters
+                c["steps_total"] += 1
+                c["batch_size_sum"] += n
+                c["batch_size_count"] += 1
                 self._bs_hist[n] += 1
+                if new:
+                    c["prefill_steps_total"] += 1
+                    c["prompt_tokens_total"] += sum(lens)
             tokens = self._sample(seqs, logits)
-        except Exception as e:
+        except Exception as e:  # one bad batch must not kill the loop
             self._fail_step(seqs, e)
             return
         self._emit(seqs, tokens)
@@ -665,60 +669,74 @@ class GenerationEngine:
         return w.lm_head(h).float()
 
     def _prefill(self, base: int, prompts: list[list[int]], lens: list[int]) -> torch.Tensor:
-        """Right-padded batched prefill into slots base..base+b-1; returns last-position logits [b, V]."""
-        w, cdt = self.w, self.cdt
-        b, T = len(prompts), max(lens)
-        E, H, D = w.n_embd, w.n_head, w.head_dim
-        ids = torch.zeros((b, T), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        lens_t = torch.tensor(lens, dtype=torch.long)
-        x = (w.wte[ids] + w.wpe[:T]).reshape(b * T, E)
-        ar = torch.arange(T)
-        # query i sees keys j <= i that are real tokens (j < len); key 0 always visible -> no empty rows
-        mask = (ar[None, :] <= ar[:, None])[None] & (ar[None, None, :] < lens_t[:, None, None])
-        mask = mask[:, None]  # [b, 1, T, T]
-        for li, L in enumerate(w.layers):
-            h = F.layer_norm(x, (E,), *L["ln1"], w.eps).to(cdt)
-            qkv = L["attn"](h).view(b, T, 3, H, D)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [b, H, T, D]
-            self._k[li, base : base + b, :, :T] = k
-            self._v[li, base : base + b, :, :T] = v
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=L["scale"])
-            o = o.transpose(1, 2).reshape(b * T, E)
-            x = self._mlp_and_proj(x, o, L)
-        last = x.view(b, T, E)[torch.arange(b), lens_t - 1]
-        return self._logits(last)
+        """Prefill only, into slots base..base+b-1; last-position logits [b, V]."""
+        return self._forward(0, [], [], prompts, lens, base=base)
 
     def _decode(self, n: int, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """One decode step for slots 0..n-1: feed ``tokens`` at ``positions``; returns logits [n, V]."""
+        """Decode only, slots 0..n-1; logits [n, V]."""
+        return self._forward(n, tokens, positions, [], [])
+
+    def _forward(self, nd: int, tokens: list[int], positions: list[int], prompts: list[list[int]],
+                 lens: list[int], base: int | None = None) -> torch.Tensor:
+        """One GPT-2 forward pass over ``nd`` decode rows (slots 0..nd-1: ``tokens`` at ``positions``) and the
+        right-padded ``prompts`` (slots base..base+b-1, base defaults to nd). The rows of both share every matmul;
+        attention runs per part on the KV cache. Returns logits [nd + b, V]: decode rows, then each prompt's
+        last position."""
         w, cdt = self.w, self.cdt
         E, H, D = w.n_embd, w.n_head, w.head_dim
-        tok = torch.tensor(tokens, dtype=torch.long)
-        pos = torch.tensor(positions, dtype=torch.long)
-        T = max(positions) + 1
-        x = w.wte[tok] + w.wpe[pos]  # [n, E]
-        slots = torch.arange(n)
-        valid = torch.arange(T)[None, :] <= pos[:, None]  # [n, T]
-        if self.attention == "sdpa":
-            amask = valid[:, None, None, :]
-        else:
-            amask = torch.zeros((n, 1, 1, T), dtype=cdt).masked_fill_(~valid[:, None, None, :], float("-inf"))
+        b = len(prompts)
+        base = nd if base is None else base
+        xs = []
+        if nd:
+            tok = torch.tensor(tokens, dtype=torch.long)
+            pos = torch.tensor(positions, dtype=torch.long)
+            Td = max(positions) + 1
+            slots = torch.arange(nd)
+            valid = torch.arange(Td)[None, :] <= pos[:, None]  # [nd, Td]
+            if self.attention == "sdpa":
+                dmask = valid[:, None, None, :]
+            else:
+                dmask = torch.zeros((nd, 1, 1, Td), dtype=cdt).masked_fill_(~valid[:, None, None, :], float("-inf"))
+            xs.append(w.wte[tok] + w.wpe[pos])
+        if b:
+            Tp = max(lens)
+            ids = torch.zeros((b, Tp), dtype=torch.long)
+            for i, p in enumerate(prompts):
+                ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+            lens_t = torch.tensor(lens, dtype=torch.long)
+            ar = torch.arange(Tp)
+            # query i sees keys j <= i that are real tokens (j < len); key 0 is always visible -> no empty rows
+            pmask = ((ar[None, :] <= ar[:, None])[None] & (ar[None, None, :] < lens_t[:, None, None]))[:, None]
+            xs.append((w.wte[ids] + w.wpe[:Tp]).reshape(b * Tp, E))
+        x = xs[0] if len(xs) == 1 else torch.cat(xs)
         for li, L in enumerate(w.layers):
             h = F.layer_norm(x, (E,), *L["ln1"], w.eps).to(cdt)
-            qkv = L["attn"](h).view(n, 3, H, D)
-            q, k, v = qkv.unbind(1)  # [n, H, D]
+            qkv = L["attn"](h)  # [rows, 3E]
             kc, vc = self._k[li], self._v[li]
-            kc[slots, :, pos] = k
-            vc[slots, :, pos] = v
-            K, V = kc[:n, :, :T], vc[:n, :, :T]  # views, no copy
-            q = q.unsqueeze(2)  # [n, H, 1, D]
-            if self.attention == "sdpa":
-                o = F.scaled_dot_product_attention(q, K, V, attn_mask=amask, scale=L["scale"])
-            else:
-                att = torch.matmul(q, K.transpose(-1, -2)) * L["scale"] + amask
-                o = torch.matmul(torch.softmax(att, dim=-1), V)
-            x = self._mlp_and_proj(x, o.reshape(n, E), L)
+            outs = []
+            if nd:
+                q, k, v = qkv[:nd].view(nd, 3, H, D).unbind(1)  # [nd, H, D]
+                kc[slots, :, pos] = k
+                vc[slots, :, pos] = v
+                K, V = kc[:nd, :, :Td], vc[:nd, :, :Td]  # views of the cache, no copy
+                q = q.unsqueeze(2)  # [nd, H, 1, D]
+                if self.attention == "sdpa":
+                    o = F.scaled_dot_product_attention(q, K, V, attn_mask=dmask, scale=L["scale"])
+                else:
+                    att = torch.matmul(q, K.transpose(-1, -2)) * L["scale"] + dmask
+                    o = torch.matmul(torch.softmax(att, dim=-1), V)
+                outs.append(o.reshape(nd, E))
+            if b:
+                q, k, v = qkv[nd:].view(b, Tp, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # [b, H, Tp, D]
+                kc[base : base + b, :, :Tp] = k
+                vc[base : base + b, :, :Tp] = v
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=pmask, scale=L["scale"])
+                outs.append(o.transpose(1, 2).reshape(b * Tp, E))
+            o = outs[0] if len(outs) == 1 else torch.cat(outs)
+            x = self._mlp_and_proj(x, o, L)
+        if b:
+            last = x[nd:].view(b, Tp, E)[torch.arange(b), lens_t - 1]
+            x = last if not nd else torch.cat([x[:nd], last])
         return self._logits(x)
 
     def _warmup(self) -> None:
@@ -726,3 +744,5 @@ class GenerationEngine:
             for b in sorted({1, min(2, self.max_batch_size)}):
                 self._prefill(0, [[0, 1, 2, 3]] * b, [4] * b)
                 self._decode(b, [4] * b, [4] * b)
+            if self.max_batch_size >= 2:
+                self._forward(1, [4], [4], [[0, 1, 2, 3]], [4])

@@ -47,9 +47,11 @@ def test_greedy_matches_hf_generate_alone(tiny_model, make_engine):
     assert any(len(set(o)) > 5 for o in outs)  # outputs depend on context, not one repeated token
 
 
-def test_concurrent_requests_join_and_leave_match_alone(tiny_model, make_engine):
+@pytest.mark.parametrize("mixed_prefill", [True, False])
+def test_concurrent_requests_join_and_leave_match_alone(tiny_model, make_engine, mixed_prefill):
     """Different prompt lengths, budgets and arrival times share decode steps; each gets its solo tokens."""
-    engine = make_engine(tiny_model, max_batch_size=3)  # fewer slots than requests: some wait, then join
+    # fewer slots than requests: some wait, then join
+    engine = make_engine(tiny_model, max_batch_size=3, mixed_prefill=mixed_prefill)
     rng = random.Random(7)
     jobs = [(p, n) for p in PROMPTS for n in (5, 23)]
     rng.shuffle(jobs)

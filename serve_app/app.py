@@ -29,6 +29,7 @@ from serve_app.config import AppArgs
 from serve_app.textproc import (
     RequestError,
     TextStream,
+    check_prompt_chars,
     check_prompt_length,
     completion_body,
     error_body,
@@ -182,8 +183,9 @@ class GPT2Model:
         from serve_app.engine import EngineOverloaded, GenerationRequest
 
         self._ensure_metrics_task()
-        prompt_ids = self.tokenizer.encode(req["prompt"])
         try:
+            check_prompt_chars(req["prompt"], self.info.context_length, param=req.get("prompt_param", "prompt"))
+            prompt_ids = self.tokenizer.encode(req["prompt"])
             check_prompt_length(len(prompt_ids), req["max_tokens"], self.info.context_length,
                                 param=req.get("prompt_param", "prompt"))
         except RequestError as e:

@@ -17,6 +17,8 @@ from urllib.parse import unquote_to_bytes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_STOP_SEQUENCES = 4
+MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_CHARS_PER_TOKEN = 128  # GPT-2's longest token is 128 bytes: longer prompts cannot fit the context
 MAX_STOP_LENGTH = 256
 
 
@@ -85,6 +87,8 @@ def parse_query_string(raw: bytes) -> Dict[str, str]:
 
 def parse_json_body(raw: bytes) -> Any:
     """Decode a request body as strict UTF-8 JSON; errors are 400s with a clear message."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise RequestError(f"request body exceeds {MAX_BODY_BYTES} bytes", status=413, code="body_too_large")
     if not raw or not raw.strip():
         raise RequestError("request body is empty; expected a JSON object", code="invalid_json")
     try:
@@ -189,6 +193,17 @@ def resolve_max_tokens(max_tokens: Optional[int], *, default: int, limit: int) -
             code="invalid_value",
         )
     return max_tokens
+
+
+def check_prompt_chars(prompt: str, context: int, *, param: str = "prompt") -> None:
+    """Reject, without tokenizing, a prompt too long to fit the context whatever its tokens."""
+    if len(prompt) > context * MAX_CHARS_PER_TOKEN:
+        raise RequestError(
+            f"This model's maximum context length is {context} tokens; the {param} has {len(prompt)} "
+            f"characters, far more than fit.",
+            param=param,
+            code="context_length_exceeded",
+        )
 
 
 def check_prompt_length(n_prompt: int, max_tokens: int, context: int, *, param: str = "prompt") -> None:

@@ -205,6 +205,13 @@ def test_prompt_longer_than_context(app, stream):
     assert_openai_error(app["client"].get(long_query), 400, "query")
 
 
+def test_huge_inputs(app):
+    r = complete(app, prompt="x" * 200_000)  # cannot fit whatever its tokens: rejected before tokenizing
+    assert_openai_error(r, 400, "prompt")
+    r = app["client"].post("/v1/completions", content=b'{"prompt": "' + b"x" * (3 << 20) + b'"}')
+    assert_openai_error(r, 413)
+
+
 def test_unknown_model_is_404(app):
     r = complete(app, prompt="x", model="gpt2")
     assert_openai_error(r, 404, "model")

@@ -144,3 +144,15 @@ def test_payload_shapes():
     assert body["choices"][0]["finish_reason"] == "length" and body["object"] == "text_completion"
     assert sse_event("[DONE]") == b"data: [DONE]\n\n"
     assert json.loads(sse_event({"a": 1})[6:]) == {"a": 1}
+
+
+def test_oversized_inputs_rejected_without_tokenizing():
+    from serve_app.textproc import MAX_BODY_BYTES, check_prompt_chars
+
+    check_prompt_chars("x" * 1024 * 128, 1024)
+    with pytest.raises(RequestError) as e:
+        check_prompt_chars("x" * (1024 * 128 + 1), 1024)
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(RequestError) as e:
+        parse_json_body(b" " * (MAX_BODY_BYTES + 1))
+    assert e.value.status == 413

@@ -6,6 +6,7 @@ writes manifests/crd/ and the chart's crds/ copy, and tests/operator fails when 
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,25 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         for name, sub in props.items():
             prop = _convert(sub, defs)
             if prop.get("type") == "object" and name not in required and "default" not in prop:
-                prop["default"] = {}  # so the API server fills in the nested defaults
+                # An absent object gets its fields' defaults. Spelled out in full: the API server checks a
+                # default against the schema (CEL rules included) without defaulting inside it first.
+                prop["default"] = _defaults_of(prop)
             out["properties"][name] = _ordered(prop)
         if required:
             out["required"] = sorted(required)
     if node.get("type") == "array":
         out["items"] = _convert(node["items"], defs)
     return _ordered(out)
+
+
+def _defaults_of(schema: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, prop in schema.get("properties", {}).items():
+        if "default" in prop:
+            out[name] = copy.deepcopy(prop["default"])
+        elif prop.get("type") == "object" and "properties" in prop:
+            out[name] = _defaults_of(prop)
+    return out
 
 
 _ORDER = ("description", "type", "format", "enum", "default", "minimum", "exclusiveMinimum", "maximum", "multipleOf",

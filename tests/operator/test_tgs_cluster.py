@@ -133,11 +133,6 @@ def one_raycluster(api, namespace: str, name: str) -> dict:
     return clusters[0]
 
 
-def kuberay_observed(api, namespace: str, name: str) -> bool:
-    rs = get(api, namespace, C.RAYSERVICE_PLURAL, name)
-    return bool(rs) and (rs.get("status") or {}).get("observedGeneration") == rs["metadata"]["generation"]
-
-
 # --- tests ---------------------------------------------------------------------------------------------------------
 
 
@@ -199,7 +194,8 @@ def test_samples_become_rayservices_and_rayclusters(api, kubectl, namespace, run
                 (C.KIND, name, tgs["metadata"]["uid"], True)
             want = build_rayservice(name, namespace, spec, generation=tgs["metadata"]["generation"])
             assert rs["spec"]["serveConfigV2"] == want["spec"]["serveConfigV2"]
-            assert rs["spec"]["rayClusterConfig"] == want["spec"]["rayClusterConfig"]
+            # the API server adds KubeRay's CRD defaults (e.g. numOfHosts, port protocol): everything we set is there
+            assert handlers.is_subset(want["spec"]["rayClusterConfig"], rs["spec"]["rayClusterConfig"])
 
             cluster = one_raycluster(api, namespace, name)
             (group,) = cluster["spec"]["workerGroupSpecs"]
@@ -227,15 +223,11 @@ def test_replica_changes_apply_in_place_and_kubectl_scale_works(api, kubectl, na
         create_tgs(api, namespace, doc)
         rs = wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name), "the RayService")
         assert model_deployment(rs)["num_replicas"] == 4
-        first = one_raycluster(api, namespace, name)
+        first = one_raycluster(api, namespace, name)["metadata"]["uid"]
 
         api.patch_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, name, {"spec": {"replicas": 6}})
-        rs = wait_for(lambda: (r := get(api, namespace, C.RAYSERVICE_PLURAL, name)) and
-                      model_deployment(r).get("num_replicas") == 6 and r, "serveConfigV2 with 6 replicas")
-        wait_for(lambda: kuberay_observed(api, namespace, name), "KubeRay to observe the new RayService generation")
-        after = one_raycluster(api, namespace, name)
-        assert (after["metadata"]["name"], after["metadata"]["uid"]) == \
-            (first["metadata"]["name"], first["metadata"]["uid"])
+        wait_for(lambda: model_deployment(get(api, namespace, C.RAYSERVICE_PLURAL, name)).get("num_replicas") == 6,
+                 "serveConfigV2 with 6 replicas")
 
         kubectl("scale", "-n", namespace, f"tgs/{name}", "--replicas=3")
         assert get_tgs(api, namespace, name)["spec"]["replicas"] == 3
@@ -247,8 +239,16 @@ def test_replica_changes_apply_in_place_and_kubectl_scale_works(api, kubectl, na
                                    f"/apis/{C.GROUP}/{C.VERSION}/namespaces/{namespace}/{C.PLURAL}/{name}/scale").stdout)
         assert scale["spec"]["replicas"] == 3 and scale["status"]["replicas"] == 3
         assert scale["status"]["selector"] == f"{C.LABEL_SERVICE}={name},ray.io/node-type=worker"
-        wait_for(lambda: kuberay_observed(api, namespace, name), "KubeRay to observe the scaled RayService")
-        assert [c["metadata"]["uid"] for c in rayclusters(api, namespace, name)] == [first["metadata"]["uid"]]
+
+        # KubeRay reconciles every ~2 s (it writes no RayService status while no head pod is ready, so there is no
+        # observedGeneration to wait on): give it several rounds, then the same single RayCluster must remain.
+        time.sleep(10)
+        assert [c["metadata"]["uid"] for c in rayclusters(api, namespace, name)] == [first]
+        # Control: a cluster-shape change does make KubeRay prepare a new RayCluster, so the check above could fail.
+        api.patch_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, name,
+                                           {"spec": {"cluster": {"nodeType": "m5.8xlarge"}}})
+        wait_for(lambda: any(c["metadata"]["uid"] != first for c in rayclusters(api, namespace, name)),
+                 "a new RayCluster after a node-type change")
 
 
 def test_autoscaling_bounds_scale_and_rejections(api, kubectl, namespace, run_operator):
@@ -298,7 +298,6 @@ def test_restart_creates_nothing_twice(api, namespace, run_operator):
         create_tgs(api, namespace, doc)
         wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name), "the RayService")
         cluster = one_raycluster(api, namespace, name)
-        wait_for(lambda: kuberay_observed(api, namespace, name), "KubeRay to observe the RayService")
         wait_for(lambda: log.count("Handler 'reconcile' succeeded"), "the create handler to finish")
     applied, handled = log.count("Applied RayService"), log.count("Handler 'reconcile' succeeded")
     assert applied == 1

@@ -60,7 +60,7 @@ def test_schema_is_structural():
     _, v = _crd_version()
     schema = v["schema"]["openAPIV3Schema"]
     for path, node in _walk(schema):
-        if not isinstance(node, dict) or path.endswith(".properties") or path.endswith(".default"):
+        if not isinstance(node, dict) or path.endswith(".properties") or ".default" in path:
             continue
         assert not {"$ref", "$defs", "anyOf", "oneOf", "allOf", "additionalProperties", "title"} & set(node), path
         if "x-kubernetes-validations" not in path and "properties" not in path.rsplit(".", 1)[-1]:
@@ -82,8 +82,12 @@ def test_spec_and_status_fields():
     assert cluster["image"]["default"] == C.DEFAULT_IMAGE == "textgen-serve:0.1.0"
     assert cluster["rayVersion"]["default"] == C.RAY_VERSION == "2.60.0"
     assert spec["serving"]["properties"]["dtype"]["enum"] == ["float32", "bfloat16"]
-    # nested objects default to {} so the API server fills in their own defaults
-    assert spec["autoscaling"]["default"] == {} and spec["cluster"]["properties"]["worker"]["default"] == {}
+    # an absent nested object defaults to all its fields' defaults
+    assert spec["autoscaling"]["default"] == {
+        "enabled": False, "minReplicas": 1, "maxReplicas": 4, "targetOngoingRequests": 2.0, "upscaleDelayS": 30.0,
+        "downscaleDelayS": 600.0, "lookBackPeriodS": 30.0, "nodeIdleTimeoutS": 60}
+    assert spec["cluster"]["default"]["head"] == {} and spec["cluster"]["properties"]["worker"]["default"] == {}
+    assert "&id" not in crd.render()
     status = props["status"]["properties"]
     assert set(status) >= {"conditions", "observedGeneration", "replicas", "readyReplicas", "selector", "url",
                            "rayServiceName"}

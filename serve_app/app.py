@@ -209,17 +209,21 @@ class GPT2Model:
             return
         yield {"event": "start", "prompt_tokens": len(prompt_ids), "model": self.info.name}
         text = TextStream(self.tokenizer.decode, req.get("stop") or ())
+        # Non-streaming callers get the text in one event: no per-token hop through Ray.
+        per_token = req.get("stream", True)
         try:
             async for token_id in stream:
                 delta = text.push(token_id)
-                if delta:
+                if delta and per_token:
                     yield {"event": "delta", "text": delta}
                 if text.stopped:
                     break
             if not text.stopped:
                 tail = text.finish()
-                if tail:
+                if tail and per_token:
                     yield {"event": "delta", "text": tail}
+            if not per_token and text.text:
+                yield {"event": "delta", "text": text.text}
         finally:
             await stream.aclose()
         reason = "stop" if text.stopped else (stream.finish_reason or "length")
@@ -313,6 +317,7 @@ class TextGenAPI:
             "top_p": body.top_p,
             "seed": body.seed,
             "stop": [],
+            "stream": False,
             "prompt_param": param,
         }
 
@@ -340,7 +345,8 @@ class TextGenAPI:
                 param="model", code="model_not_found"))
         cid = new_completion_id()
         req = {"prompt": body.prompt_text, "max_tokens": max_tokens, "temperature": body.temperature,
-               "top_p": body.top_p, "seed": body.seed, "stop": body.stop_list, "id": cid}
+               "top_p": body.top_p, "seed": body.seed, "stop": body.stop_list, "id": cid,
+               "stream": body.stream}
         first, gen, err = await self._start(req)
         if err is not None:
             return err

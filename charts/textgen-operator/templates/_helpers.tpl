@@ -84,11 +84,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     verbs: ["create", "patch"]
 {{- end }}
 
-{{/* RBAC rules for kopf's CRD discovery (cluster-scoped, read-only). */}}
+{{/* RBAC rules for kopf's discovery (cluster-scoped, read-only): CRDs and namespaces coming and going. kopf
+scans namespaces even when given exact names (unless its scanning is disabled); without these it retries, warns and
+falls back to the names it was given. */}}
 {{- define "textgen-operator.discoveryRules" }}
   # kopf's resource discovery: notice CRDs being added or removed at run time.
   - apiGroups: ["apiextensions.k8s.io"]
     resources: ["customresourcedefinitions"]
+    verbs: ["list", "watch"]
+  # kopf's namespace scanning: follow namespaces as they come and go.
+  - apiGroups: [""]
+    resources: ["namespaces"]
     verbs: ["list", "watch"]
 {{- end }}
 

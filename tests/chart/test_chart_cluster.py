@@ -139,6 +139,10 @@ def test_plain_manifests_apply_cleanly(kubectl):
     m = ROOT / "manifests"
     first = ["-f", str(m / "crd"), "-f", str(m / "operator" / "namespace.yaml")]
     rest = ["-f", str(m / "rbac"), "-f", str(m / "operator" / "deployment.yaml")]
+    # A namespace still terminating from an earlier run would refuse new objects: let it finish first.
+    wait_for(lambda: not exists(kubectl, "namespace", PLAIN_NAMESPACE) or
+             kget(kubectl, "namespace", PLAIN_NAMESPACE)["status"].get("phase") != "Terminating",
+             f"namespace {PLAIN_NAMESPACE} to finish terminating", timeout=90)
     namespace_existed = exists(kubectl, "namespace", PLAIN_NAMESPACE)
     docs = [d for p in sorted(m.glob("rbac/*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
     cluster_scoped = [(d["kind"].lower(), d["metadata"]["name"]) for d in docs if "namespace" not in d["metadata"]]
@@ -166,7 +170,7 @@ def test_plain_manifests_apply_cleanly(kubectl):
     finally:
         kubectl("delete", "--ignore-not-found", "--wait=false", *rest, check=False)
         if not namespace_existed:
-            kubectl("delete", "namespace", PLAIN_NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
+            kubectl("delete", "namespace", PLAIN_NAMESPACE, "--ignore-not-found", "--timeout=60s", check=False)
     for kind, name in cluster_scoped:
         assert not exists(kubectl, kind, name)
 

@@ -20,7 +20,8 @@ PLAIN_FILES = {
 def make(*args: str, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PATH"] = f"{ROOT / '.cache' / 'bin'}:{os.path.dirname(sys.executable)}:{env.get('PATH', '')}"
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
+    # VENV: the interpreter running the tests (make's `tools` target needs a venv with the kubectl/helm wheel).
+    return subprocess.run(["make", "--no-print-directory", f"VENV={sys.prefix}", *args], cwd=ROOT, capture_output=True, text=True,
                           env=env, timeout=300, **kw)
 
 

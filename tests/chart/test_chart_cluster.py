@@ -244,3 +244,22 @@ def test_operator_works_with_only_the_charts_rbac(kubeconfig, kubectl, namespace
                 proc.kill()
                 proc.wait()
         helm("uninstall", release, "--kubeconfig", kubeconfig, "--namespace", namespace, check=False)
+
+
+def test_example_textgenservices_pass_the_api_servers_validation(kubectl, namespace):
+    """Every TextGenService in ci/*.yaml through the real API server (schema, defaults and CEL rules), as a
+    server-side dry run in a scratch namespace."""
+    from .chart_utils import CI_VALUES, by_kind, render_objects
+
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests" / "crd"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    count = 0
+    for values in CI_VALUES:
+        for tgs in by_kind(render_objects("-f", str(values), namespace=namespace), "TextGenService"):
+            tgs["metadata"]["namespace"] = namespace
+            proc = kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", "-o", "json",
+                           input=json.dumps(tgs))
+            applied = json.loads(proc.stdout)
+            assert applied["spec"]["cluster"]["rayVersion"], values.name  # defaults filled in
+            count += 1
+    assert count >= 3

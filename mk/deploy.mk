@@ -4,8 +4,10 @@
 CHART_DIR        ?= charts/textgen-operator
 CHART_VERSION    := $(shell awk '/^appVersion:/ {gsub(/"/, "", $$2); print $$2}' $(ROOT)/$(CHART_DIR)/Chart.yaml)
 IMAGE_TAG        ?= $(CHART_VERSION)
-OPERATOR_IMAGE   ?= textgen-operator:$(IMAGE_TAG)
-SERVE_IMAGE      ?= textgen-serve:$(IMAGE_TAG)
+OPERATOR_REPO    ?= textgen-operator
+SERVE_REPO       ?= textgen-serve
+OPERATOR_IMAGE   ?= $(OPERATOR_REPO):$(IMAGE_TAG)
+SERVE_IMAGE      ?= $(SERVE_REPO):$(IMAGE_TAG)
 DOCKER           ?= docker
 DOCKER_BUILD_ARGS ?=
 HELM             ?= helm
@@ -107,7 +109,7 @@ kuberay-install: ## Install the KubeRay operator (KUBERAY_VERSION, default 1.5.0
 .PHONY: deploy
 deploy: ## Install or upgrade the chart into the current kube context (RELEASE, NAMESPACE, DEPLOY_ARGS).
 	$(HELM) upgrade --install $(RELEASE) $(CHART_DIR) --namespace $(NAMESPACE) --create-namespace \
-	  --set image.repository=$(firstword $(subst :, ,$(OPERATOR_IMAGE))) --set image.tag=$(IMAGE_TAG) $(DEPLOY_ARGS)
+	  --set image.repository=$(OPERATOR_REPO) --set image.tag=$(IMAGE_TAG) $(DEPLOY_ARGS)
 
 .PHONY: undeploy
 undeploy: ## Uninstall the chart (the CRD and its TextGenServices stay; delete them with kubectl).
@@ -118,7 +120,7 @@ undeploy: ## Uninstall the chart (the CRD and its TextGenServices stay; delete t
 .PHONY: e2e
 e2e: ## On kind: build and load images, install KubeRay and the chart with a GPT-2 TextGenService, curl /generate.
 	$(MAKE) kind-up images kind-load kuberay-install
-	$(MAKE) deploy DEPLOY_ARGS="-f $(E2E_VALUES) $(DEPLOY_ARGS)"
+	$(MAKE) deploy DEPLOY_ARGS="-f $(E2E_VALUES) --set textGenServices[0].spec.cluster.image=$(SERVE_IMAGE) $(DEPLOY_ARGS)"
 	$(KUBECTL) -n $(NAMESPACE) rollout status deployment -l app.kubernetes.io/instance=$(RELEASE) --timeout 5m
 	$(KUBECTL) -n $(NAMESPACE) get tgs
 	$(KUBECTL) -n $(NAMESPACE) wait tgs/$(E2E_TGS) --for=condition=Ready --timeout=$(E2E_TIMEOUT)

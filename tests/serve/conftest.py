@@ -32,12 +32,12 @@ def tiny_model_dir() -> Path:
     return TINY
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_serve(tiny_model_dir):
     """A real local Ray (127.0.0.1, free ports, no dashboard) with Serve's proxy on a free HTTP port.
 
     Yields a dict: ``url`` (HTTP base), ``metrics_url`` (Prometheus export), ``port``.
-    One Ray session for the whole serving suite keeps its runtime small.
+    One Ray session per module that needs it (only the HTTP module) keeps the runtime small.
     """
     import ray
     from ray import serve

@@ -233,6 +233,12 @@ def test_operator_works_with_only_the_charts_rbac(kubeconfig, kubectl, namespace
         assert rs["metadata"]["ownerReferences"][0]["kind"] == "TextGenService"
         wait_for(lambda: kget(kubectl, "tgs", "demo", "-n", namespace).get("status"), "TextGenService status",
                  timeout=60)
+        # The operator fits the memory limit the chart gives it (256Mi by default), with room to spare.
+        limit = container["resources"]["limits"]["memory"]
+        assert limit.endswith("Mi")
+        rss_kib = next(int(line.split()[1]) for line in open(f"/proc/{proc.pid}/status") if line.startswith("VmRSS:"))
+        print(f"operator RSS {rss_kib / 1024:.0f} MiB (limit {limit})")
+        assert rss_kib / 1024 < 0.8 * int(limit[:-2]), (rss_kib, limit)
         text = (tmp_path / "operator.log").read_text()
         assert "Forbidden" not in text and "Not enough permissions" not in text, text[-3000:]
     finally:

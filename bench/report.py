@@ -105,6 +105,10 @@ def render_goals(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _vcpus(n: float) -> str:
+    return f"{n:g} vCPU" + ("" if n == 1 else "s")
+
+
 def capacity_model(results: dict) -> dict:
     """Pure: tokens/s per vCPU here and the linear projection to 8 x m5.4xlarge."""
     ours = results.get("textgen") or {}
@@ -132,12 +136,12 @@ def render_capacity(results: dict) -> str:
     ours = results["textgen"]
     top = results.get("concurrency")
     return "\n".join([
-        f"- Measured here: ours ({ours['label']}) sustains {_f(ours['tokens_per_s'])} generated tokens/s at "
+        f"- Measured here: {ours['label']} sustains {_f(ours['tokens_per_s'])} generated tokens/s at "
         f"concurrency {top} on {results['cpu_count']} vCPUs, i.e. **{_f(cap['tokens_per_s_per_vcpu'])} tokens/s "
-        f"per vCPU** ({results['model']}, float32, {results['new_tokens']} new tokens, greedy).",
+        f"per vCPU** ({results['model']}, {ours.get('dtype', 'float32')}, {results['new_tokens']} new tokens, greedy).",
         f"- Projection (not a measurement) for a TextGenService on {TARGET_NODES} × m5.4xlarge workers "
         f"({cap['target_vcpus']} vCPUs), scaling linearly with vCPUs (one model replica per "
-        f"{results['cpu_count'] // max(1, ours.get('replicas') or 1)} vCPU(s), the same per-vCPU rate): "
+        f"{_vcpus(results['cpu_count'] / max(1, ours.get('replicas') or 1))}, the same per-vCPU rate): "
         f"**≈ {_f(cap['projected_tokens_per_s'], 0)} tokens/s ≈ {_f(cap['projected_requests_per_s'])} "
         f"requests/s** of {results['new_tokens']}-token completions, with about {cap['projected_in_flight']:,} "
         f"requests in flight to keep every replica as busy as concurrency {top} keeps them here.",
@@ -166,7 +170,7 @@ def render_block(results: Optional[dict]) -> str:
     ]
     if ours and base and peer:
         head.append(
-            f"**At concurrency {top}: ours ({ours['label']}) {_f(ours['tokens_per_s'])} tokens/s = "
+            f"**At concurrency {top}: {ours['label']}, {_f(ours['tokens_per_s'])} tokens/s = "
             f"{_f(results['ratio'], 2)}× the baseline ({_f(base['tokens_per_s'])}) and "
             f"{_f(results['peer_ratio'], 2)}× transformers serve ({_f(peer['tokens_per_s'])}).**"
         )

@@ -179,6 +179,9 @@ def run_system(
         return result
     try:
         result["startup_s"] = server.startup_s
+        if server.ready_info:
+            result["serve_args"] = server.ready_info.get("args")
+            result["deployment_options"] = server.ready_info.get("deployment_options")
         result["memory_idle"] = server.memory()
         say(f"{spec.name}: ready in {server.startup_s:.1f} s, {result['memory_idle']['tree_pss_mib']:.0f} MiB PSS")
         common = dict(prompts=prompts, tokenizer_dir=str(model_dir), timeout_s=timeout_s)
@@ -239,6 +242,7 @@ def headline(results: dict) -> dict:
             "system": name,
             "label": s["label"],
             "replicas": s.get("replicas", 1),
+            "dtype": (s.get("serve_args") or {}).get("dtype", "float32"),
             "tokens_per_s": tps(name),
             "tokens_per_s_by_concurrency": {str(c): tps(name, c) for c in sweep},
             "p50_latency_s_by_concurrency": {

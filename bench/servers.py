@@ -131,7 +131,7 @@ def textgen_spec(
     if config is not None:
         argv += ["--config", str(config)]
     return ServerSpec(
-        name=f"textgen-{replicas}", label=f"ours: Ray Serve, {replicas} replica{'s' if replicas > 1 else ''}",
+        name=f"textgen-{replicas}", label=f"ours (Ray Serve, {replicas} replica{'s' if replicas > 1 else ''})",
         argv=argv, port=port, kind="completions", ready_path="/healthz", stream=True, ready_file=ready,
         replicas=replicas,
         meta={"command": f"serve_app on a local Ray: {replicas} x GPT2Model, "

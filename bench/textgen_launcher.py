@@ -173,7 +173,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 break
             time.sleep(0.5)
         app_status = serve.status().applications.get(APP_NAME)
-        info: dict[str, Any] = {"status": status, "pid": os.getpid(), "temp_dir": temp_dir}
+        info: dict[str, Any] = {"status": status, "pid": os.getpid(), "temp_dir": temp_dir,
+                                "args": cfg["applications"][0]["args"],
+                                "deployment_options": cfg["applications"][0]["deployments"]}
         if app_status is not None:
             info["message"] = app_status.message
             info["deployments"] = {

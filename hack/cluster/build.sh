@@ -34,8 +34,15 @@ KUBE_VERSION="$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$HE
 KUBE_MINOR="$(echo "$KUBE_VERSION" | cut -d. -f2)"
 KUBERAY_VERSION="$(awk '$1=="github.com/ray-project/kuberay/ray-operator" {print $2; exit}' "$HERE/kuberay/go.mod")"
 
-KEY="$(cat "$HERE/build.sh" "$HERE/kube/go.mod" "$HERE/kube/go.sum" "$HERE/kube/cmd/etcd/main.go" \
-          "$HERE/kuberay/go.mod" "$HERE/kuberay/go.sum" | sha256sum | cut -c1-12)"
+# Stamp the real version where `kubectl version` and /version read it.
+V=k8s.io/component-base/version
+KUBE_LDFLAGS="-s -w -X $V.gitVersion=$KUBE_VERSION -X $V.gitMajor=1 -X $V.gitMinor=$KUBE_MINOR"
+KUBE_LDFLAGS+=" -X $V.gitCommit=0000000000000000000000000000000000000000 -X $V.gitTreeState=clean"
+KUBE_LDFLAGS+=" -X $V.buildDate=1970-01-01T00:00:00Z"
+# What the binaries are built from (bump RECIPE when the way they are built changes): the cache key.
+RECIPE="1 CGO_ENABLED=$CGO_ENABLED -trimpath $KUBE_LDFLAGS $(go env GOVERSION 2>/dev/null || echo nogo)"
+KEY="$( { echo "$RECIPE"; cat "$HERE/kube/go.mod" "$HERE/kube/go.sum" "$HERE/kube/cmd/etcd/main.go" \
+          "$HERE/kuberay/go.mod" "$HERE/kuberay/go.sum"; } | sha256sum | cut -c1-12)"
 STORE="${TEXTGEN_CLUSTER_CACHE:-$HOME/.cache/textgen-operator}/cluster-${KUBE_VERSION}-kuberay-${KUBERAY_VERSION}-${KEY}"
 BINARIES=(etcd kube-apiserver kube-controller-manager kuberay-operator)
 
@@ -65,10 +72,6 @@ if [ "$have_all" = 0 ] || [ "$FORCE" = 1 ]; then
      || [ ! -x "$STORE/kube-controller-manager" ] || [ ! -x "$STORE/etcd" ] \
      || [ ! -f "$STORE/kuberay/crd/ray.io_rayservices.yaml" ]; then
     rm -rf "$STORE/.tmp" && mkdir -p "$STORE/.tmp"
-    V=k8s.io/component-base/version
-    KUBE_LDFLAGS="-s -w -X $V.gitVersion=$KUBE_VERSION -X $V.gitMajor=1 -X $V.gitMinor=$KUBE_MINOR"
-    KUBE_LDFLAGS+=" -X $V.gitCommit=0000000000000000000000000000000000000000 -X $V.gitTreeState=clean"
-    KUBE_LDFLAGS+=" -X $V.buildDate=1970-01-01T00:00:00Z"
     (cd "$HERE/kube" && go mod download)
     (cd "$HERE/kuberay" && go mod download)
     build_one kube-apiserver "$HERE/kube" k8s.io/kubernetes/cmd/kube-apiserver "$KUBE_LDFLAGS"
@@ -92,13 +95,19 @@ if [ "$have_all" = 0 ] || [ "$FORCE" = 1 ]; then
   exec 9>&-
 fi
 
-# Copy (not link: .cache must survive the machine-wide cache being pruned) when changed.
+# Copy (not link: .cache must survive the machine-wide cache being pruned) unless this key was copied already.
+# mv over the old file: a running process keeps its binary.
 mkdir -p "$BIN"
-for b in "${BINARIES[@]}"; do
-  if ! cmp -s "$STORE/$b" "$BIN/$b"; then
+stamp="$BIN/.cluster-build-key"
+copied_all=1
+for b in "${BINARIES[@]}"; do [ -x "$BIN/$b" ] || copied_all=0; done
+[ -f "$KUBERAY_OUT/crd/ray.io_rayservices.yaml" ] || copied_all=0
+if [ "$copied_all" = 0 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$STORE" ]; then
+  for b in "${BINARIES[@]}"; do
     cp "$STORE/$b" "$BIN/$b.tmp.$$" && mv -f "$BIN/$b.tmp.$$" "$BIN/$b"
-  fi
-done
-rm -rf "$KUBERAY_OUT" && mkdir -p "$KUBERAY_OUT" && cp -r "$STORE/kuberay/." "$KUBERAY_OUT/"
-cp "$STORE/kube-version" "$STORE/kuberay-version" "$KUBERAY_OUT/"
+  done
+  rm -rf "$KUBERAY_OUT" && mkdir -p "$KUBERAY_OUT" && cp -r "$STORE/kuberay/." "$KUBERAY_OUT/"
+  cp "$STORE/kube-version" "$STORE/kuberay-version" "$KUBERAY_OUT/"
+  echo "$STORE" > "$stamp"
+fi
 log "ready: $BIN/{${BINARIES[*]// /,},kubectl,helm} (Kubernetes $KUBE_VERSION, KubeRay $KUBERAY_VERSION)"

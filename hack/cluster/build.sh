@@ -72,8 +72,7 @@ if [ "$have_all" = 0 ] || [ "$FORCE" = 1 ]; then
      || [ ! -x "$STORE/kube-controller-manager" ] || [ ! -x "$STORE/etcd" ] \
      || [ ! -f "$STORE/kuberay/crd/ray.io_rayservices.yaml" ]; then
     rm -rf "$STORE/.tmp" && mkdir -p "$STORE/.tmp"
-    (cd "$HERE/kube" && go mod download)
-    (cd "$HERE/kuberay" && go mod download)
+    # go build downloads just the modules these packages need (through GOPROXY) into ~/go/pkg/mod.
     build_one kube-apiserver "$HERE/kube" k8s.io/kubernetes/cmd/kube-apiserver "$KUBE_LDFLAGS"
     build_one kube-controller-manager "$HERE/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$KUBE_LDFLAGS"
     build_one etcd "$HERE/kube" ./cmd/etcd "-s -w"

@@ -369,6 +369,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     }
     say(f"model {results['model']} ({results['model_dir']}), {new_tokens} new tokens, sweep {sweep}, "
         f"{cpus} CPUs, systems {[s.name for s in specs]}")
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5 * cpus:
+        say(f"WARNING: load average {load1:.1f} on {cpus} CPUs before starting: other work is running, "
+            "the numbers will be low and noisy (recorded in machine.load_avg_at_start)")
     t0 = time.monotonic()
     for spec in specs:
         results["systems"][spec.name] = run_system(

@@ -405,8 +405,14 @@ class TextGenAPI:
 
     @api.get("/healthz")
     async def healthz(self):
+        from ray.serve.exceptions import BackPressureError
+
         try:
             info = await asyncio.wait_for(self.model.info_dict.remote(), HEALTH_TIMEOUT_S)
+        except BackPressureError:
+            if self._info is not None:  # loaded, and busy: still healthy (the queue bound is doing its job)
+                return {"status": "ok", "model": self._info["card"]["id"], "busy": True}
+            return _error(503, {"status": "unavailable", "reason": "BackPressureError"})
         except Exception as exc:  # noqa: BLE001 - not loaded yet, or unreachable
             return _error(503, {"status": "unavailable", "reason": type(exc).__name__})
         self._info = self._info or info

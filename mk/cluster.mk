@@ -22,7 +22,7 @@ cluster-down: ## Stop every process cluster-up started (by PID) and remove .clus
 
 .PHONY: cluster-status
 cluster-status: ## Show the local cluster's processes, their memory (RSS) and API readiness.
-	@PY=$(PY) BIN=$(BIN) $(CLUSTER_SH) status
+	@PY=$(PY) BIN=$(BIN) $(CLUSTER_SH) status || true
 
 .PHONY: test-cluster
 test-cluster: cluster-build ## Run the cluster tests (tests/cluster) against the local control plane.

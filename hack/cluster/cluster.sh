@@ -196,13 +196,18 @@ stop_all() {
 }
 
 cmd_down() {
-  local c pid found=0
+  local c pid found=0 stoppers=()
+  # All at once (each takes a second or two to shut down gracefully); the state goes anyway.
   for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
     c="${COMPONENTS[$i]}"
     pid="$(pid_of "$c")"
-    if [ -n "$pid" ]; then stop_pid "$c" "$pid"; found=1; fi
-    for pid in $(orphans_of "$c"); do log "stopping orphaned $c (pid $pid)"; stop_pid "$c" "$pid"; found=1; done
+    if [ -n "$pid" ]; then stop_pid "$c" "$pid" & stoppers+=($!); found=1; fi
+    for pid in $(orphans_of "$c"); do
+      [ "$pid" != "$(cat "$PIDS/$c.pid" 2>/dev/null)" ] || continue
+      log "stopping orphaned $c (pid $pid)"; stop_pid "$c" "$pid" & stoppers+=($!); found=1
+    done
   done
+  for pid in "${stoppers[@]}"; do wait "$pid" || true; done
   rm -rf "$STATE"
   [ "$found" = 1 ] && log "cluster down, state removed ($STATE)" || log "no cluster running; state removed ($STATE)"
 }

@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -156,6 +156,7 @@ def kubectl(kubeconfig: str):
     def run(*args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             [binary, "--kubeconfig", kubeconfig, *args],
+            check=False,
             input=input,
             capture_output=True,
             text=True,

@@ -11,7 +11,6 @@ import json
 import re
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
@@ -166,9 +165,7 @@ def test_namespace_deletion_is_finalized(k8s_api):
 
 def test_cel_rules_server_side_apply_and_scale_subresource_work(k8s_api, kubectl, namespace):
     """What a current API server brings and an old one lacks, on a throwaway CRD of this test's own."""
-    from kubernetes import client as k
-
-    ext = k.ApiextensionsV1Api(k8s_api)
+    ext = client.ApiextensionsV1Api(k8s_api)
     suffix = uuid.uuid4().hex[:8]
     group, plural, kind = "cluster-test.textgen.dev", f"widgets{suffix}", f"Widget{suffix}"
     schema = {

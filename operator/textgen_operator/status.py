@@ -120,14 +120,14 @@ def _mirror(rs: Mapping[str, Any] | None, generation: int | None):
     applied = _get(rs, "metadata", "annotations", C.ANNOTATION_GENERATION)
     if applied is not None and generation is not None and int(applied) != generation:
         progressing = ("True", "ApplyingSpec", f"Applying generation {generation} to the RayService.")
-    elif rs_gen is not None and rs_seen != rs_gen:
-        progressing = ("True", "WaitingForKubeRay",
-                       f"KubeRay has not yet observed RayService generation {rs_gen}.")
-    elif upgrade and upgrade.get("status") == "True":
+    elif upgrade and upgrade.get("status") == "True" and _get(rs_status, "activeServiceStatus", "rayClusterName"):
         progressing = ("True", "UpgradeInProgress", upgrade.get("message") or "KubeRay is preparing a new cluster.")
     elif _get(rs_status, "pendingServiceStatus", "rayClusterName"):
         progressing = ("True", "PreparingNewCluster",
                        f"New RayCluster {rs_status['pendingServiceStatus']['rayClusterName']} is being prepared.")
+    elif rs_gen is not None and rs_seen != rs_gen:
+        progressing = ("True", "WaitingForKubeRay",
+                       f"KubeRay has not yet observed RayService generation {rs_gen}.")
     elif degraded[0] == "True":
         progressing = ("False", degraded[1], degraded[2])
     elif app_status in _STARTING_APP:

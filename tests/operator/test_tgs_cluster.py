@@ -328,3 +328,45 @@ def test_deleting_the_textgenservice_removes_rayservice_and_raycluster(api, name
             label_selector=f"ray.io/originated-from-cr-name={name}")["items"], "the RayCluster to be collected",
             timeout=120)
         assert get_tgs(api, namespace, name) is None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_python_dash_m_runs_the_operator_with_liveness(api, kubeconfig, namespace, crd_installed):
+    """The way the image runs it: a subprocess with --namespace, a liveness endpoint and JSON logs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    env = {**os.environ, "KUBECONFIG": kubeconfig,
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "textgen_operator", "--namespace", namespace, "--log-format", "json",
+         "--liveness", f"http://127.0.0.1:{port}/healthz"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def healthy():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    return resp.status == 200
+            except OSError:
+                return proc.poll() is not None and pytest.fail(f"operator exited {proc.returncode}")
+        wait_for(healthy, "the liveness endpoint")
+        doc = load_sample("fixed")
+        create_tgs(api, namespace, doc)
+        wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, doc["metadata"]["name"]), "the RayService")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any("Applied RayService" in r.get("message", "") for r in records), out[-2000:]

@@ -10,8 +10,11 @@ clients each send their next request as soon as the previous one ends, ``--reque
     .venv/bin/python bench/engine_bench.py --variants hf-generate,hf-cb --concurrency 1,32
 
 Variants (comma-separated, A/B in one process, same weights, same prompts):
-  fp32, bf16             the engine with dtype float32 / bfloat16
-  fp32-sdpa, bf16-sdpa   the engine with SDPA decode attention instead of matmul+softmax
+  fp32, bf16             the engine with dtype float32 / bfloat16 (defaults otherwise: attention "auto",
+                         mixed prefill, --max-batch-size slots); suffixes change one lever each:
+    -sdpa / -mm          decode attention: SDPA / matmul+softmax
+    -sep                 prefill new requests in a pass of their own (not inside the decode step)
+    -mbN                 max_batch_size N (e.g. bf16-mb16)
   hf-generate            plain ``model.generate`` one request at a time (what a pipeline does), concurrency 1 only
   hf-cb                  transformers' own continuous batching (``model.generate_batch``), all C prompts at once
 Prints one JSON line per point and a table at the end; ``--json PATH`` writes all points.
@@ -24,16 +27,36 @@ import asyncio
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# libgomp's default spin-waiting collapses when the cores are shared (measured 4-10x slower steps with 2 threads
+# under load, bench/ENGINE.md); it is read when torch loads, so set it before the import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from serve_app.engine import GenerationEngine, GenerationRequest  # noqa: E402
+
+
+def engine_kwargs(variant: str, max_batch_size: int) -> dict:
+    """'bf16-sdpa-sep-mb16' -> dtype bfloat16, SDPA attention, separate prefill pass, max_batch_size 16."""
+    parts = variant.split("-")
+    kw = dict(dtype={"fp32": "float32", "bf16": "bfloat16"}[parts[0]], max_batch_size=max_batch_size)
+    for p in parts[1:]:
+        if p in ("sdpa", "mm"):
+            kw["attention"] = "sdpa" if p == "sdpa" else "matmul"
+        elif p == "sep":
+            kw["mixed_prefill"] = False
+        elif p.startswith("mb"):
+            kw["max_batch_size"] = int(p[2:])
+        else:
+            raise SystemExit(f"unknown variant part {p!r} in {variant!r}")
+    return kw
 
 
 def make_prompts(n: int, vocab: int, lo: int, hi: int) -> list[list[int]]:
@@ -53,7 +76,8 @@ def pct(xs: list[float], p: float) -> float:
     return xs[k]
 
 
-async def run_engine_point(engine: GenerationEngine, prompts, conc: int, n_req: int, new_tokens: int) -> dict:
+async def run_engine_point(engine: GenerationEngine, prompts, conc: int, n_req: int, new_tokens: int,
+                           jitter: float = 0.0) -> dict:
     queue = list(range(n_req))
     lat, ttft, toks = [], [], 0
 
@@ -71,9 +95,14 @@ async def run_engine_point(engine: GenerationEngine, prompts, conc: int, n_req: 
         ttft.append(first)
         toks += n
 
+    rng = random.Random(99)
+
     async def client():
         while queue:
-            await one(queue.pop())
+            if jitter:  # think time: spreads arrivals so requests join a running batch one by one
+                await asyncio.sleep(rng.uniform(0, jitter))
+            if queue:
+                await one(queue.pop())
 
     await one(0)  # warm-up, excluded
     lat.clear(), ttft.clear()
@@ -134,6 +163,7 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     ap.add_argument("--layers", type=int, default=0, help="override n_layer (quick runs)")
+    ap.add_argument("--jitter", type=float, default=0.0, help="max think time (s) before each request")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
 
@@ -145,8 +175,9 @@ def main() -> None:
     lo, hi = (int(x) for x in a.prompt_len.split(","))
     prompts = make_prompts(64, cfg.vocab_size, lo, hi)
     concs = [int(c) for c in a.concurrency.split(",")]
-    env = dict(cpus=os.cpu_count(), threads=threads, torch=torch.__version__, machine=platform.processor() or
-               platform.machine(), loadavg=os.getloadavg()[0], new_tokens=a.new_tokens, n_layer=cfg.n_layer)
+    env = dict(cpus=os.cpu_count(), threads=threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), torch=torch.__version__, machine=platform.processor() or
+               platform.machine(), loadavg=os.getloadavg()[0], new_tokens=a.new_tokens, n_layer=cfg.n_layer,
+               jitter=a.jitter)
     print(json.dumps({"env": env}), flush=True)
     rows = []
     for variant in a.variants.split(","):
@@ -160,12 +191,9 @@ def main() -> None:
             elif variant == "hf-cb":
                 r = run_hf_cb(model, prompts, c, a.new_tokens)
             else:
-                dtype = "bfloat16" if variant.startswith("bf16") else "float32"
-                attention = "sdpa" if variant.endswith("-sdpa") else ("matmul" if variant.endswith("-mm") else "auto")
-                eng = GenerationEngine(model, max_batch_size=max(a.max_batch_size, 1), dtype=dtype,
-                                       attention=attention, num_threads=threads)
+                eng = GenerationEngine(model, num_threads=threads, **engine_kwargs(variant, a.max_batch_size))
                 try:
-                    r = asyncio.run(run_engine_point(eng, prompts, c, n_req, a.new_tokens))
+                    r = asyncio.run(run_engine_point(eng, prompts, c, n_req, a.new_tokens, a.jitter))
                 finally:
                     eng.shutdown()
             r.update(variant=variant, concurrency=c, loadavg=round(os.getloadavg()[0], 2),

@@ -177,6 +177,15 @@ def _gelu_new(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
+def _row_bucket(m: int) -> int:
+    """Row count a oneDNN matmul runs at: exact up to 8, then multiples of 16, then of 64 past 256."""
+    if m <= 8:
+        return m
+    if m <= 256:
+        return (m + 15) // 16 * 16
+    return (m + 63) // 64 * 64
+
+
 class _Linear:
     """``x @ W + b`` for a weight given as [in, out] (HF Conv1D layout).
 
@@ -206,9 +215,15 @@ class _Linear:
         if self.kind == "addmm":
             y = torch.mm(x, self.w) if self.b is None else torch.addmm(self.b, x, self.w)
         elif self.kind == "dnnl":
-            if gelu:
-                return torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "gelu", [], "tanh")
-            return torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "none", [], "")
+            # oneDNN builds (JITs) a kernel per new row count M (~1.5 ms per weight shape, measured); mixed
+            # decode+prefill steps produce many distinct M, so pad M up to a few buckets to reuse kernels.
+            m = x.shape[0]
+            mp = _row_bucket(m)
+            if mp != m:
+                x = torch.cat([x, x.new_zeros(mp - m, x.shape[1])])
+            y = torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "gelu" if gelu else "none", [],
+                                                   "tanh" if gelu else "")
+            return y if mp == m else y[:m]
         else:
             y = F.linear(x, self.w, self.b)
         return _gelu_new(y) if gelu else y

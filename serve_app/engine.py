@@ -706,7 +706,10 @@ class GenerationEngine:
             tok = torch.tensor(tokens, dtype=torch.long)
             pos = torch.tensor(positions, dtype=torch.long)
             Td = max(positions) + 1
-            slots = torch.arange(nd)
+            # rows of the cache viewed as [slots*heads*capacity, head_dim] that this step writes (index_copy_ is
+            # ~2x cheaper than advanced-index assignment here)
+            cap = self._cache_cap
+            widx = ((torch.arange(nd)[:, None] * H + torch.arange(H)[None, :]) * cap + pos[:, None]).reshape(-1)
             valid = torch.arange(Td)[None, :] <= pos[:, None]  # [nd, Td]
             if self.attention == "sdpa":
                 dmask = valid[:, None, None, :]
@@ -731,8 +734,8 @@ class GenerationEngine:
             outs = []
             if nd:
                 q, k, v = qkv[:nd].view(nd, 3, H, D).unbind(1)  # [nd, H, D]
-                kc[slots, :, pos] = k
-                vc[slots, :, pos] = v
+                kc.view(-1, D).index_copy_(0, widx, k.reshape(nd * H, D))
+                vc.view(-1, D).index_copy_(0, widx, v.reshape(nd * H, D))
                 K, V = kc[:nd, :, :Td], vc[:nd, :, :Td]  # views of the cache, no copy
                 q = q.unsqueeze(2)  # [nd, H, 1, D]
                 if self.attention == "sdpa":

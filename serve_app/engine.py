@@ -340,9 +340,10 @@ class GenerationEngine:
         self.model = model
         self.w = _Weights(model, self.cdt, self.max_batch_size)
         self._cache_cap = 0
+        self._slot_cap = 0
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
-        self._ensure_capacity(min(self.max_context, max(16, initial_cache_tokens)))
+        self._ensure_capacity(min(self.max_context, max(16, initial_cache_tokens)), min(2, self.max_batch_size))
 
         self._cond = threading.Condition()
         self._waiting: collections.deque[_Seq] = collections.deque()
@@ -413,6 +414,7 @@ class GenerationEngine:
             batch_size_hist=dict(sorted(hist.items())),
             batch_size_buckets=buckets,  # cumulative: steps with batch size <= bucket
             kv_cache_tokens=self._cache_cap,
+            kv_cache_slots=self._slot_cap,
             dtype=self.dtype,
         )
         out["busy_seconds_total"] = c.get("busy_ns", 0) / 1e9
@@ -555,21 +557,27 @@ class GenerationEngine:
         if reason is not None:
             self._finish(seq, reason, error)
 
-    def _ensure_capacity(self, tokens: int) -> None:
-        if tokens <= self._cache_cap:
+    def _ensure_capacity(self, tokens: int, slots: int = 1) -> None:
+        """Grow the KV cache (doubling) to hold ``tokens`` positions for ``slots`` requests; memory follows use
+        (a large max_batch_size or max_context costs nothing until requests need it)."""
+        if tokens <= self._cache_cap and slots <= self._slot_cap:
             return
         cap = max(16, self._cache_cap)
         while cap < tokens:
             cap *= 2
         cap = min(cap, self.max_context)
+        nslots = max(1, self._slot_cap)
+        while nslots < slots:
+            nslots *= 2
+        nslots = min(nslots, self.max_batch_size)
         w = self.w
-        shape = (w.n_layer, self.max_batch_size, w.n_head, cap, w.head_dim)
+        shape = (w.n_layer, nslots, w.n_head, cap, w.head_dim)
         k = torch.zeros(shape, dtype=self.cdt)
         v = torch.zeros(shape, dtype=self.cdt)
-        if self._k is not None and self._cache_cap:
-            k[:, :, :, : self._cache_cap] = self._k
-            v[:, :, :, : self._cache_cap] = self._v
-        self._k, self._v, self._cache_cap = k, v, cap
+        if self._k is not None:
+            k[:, : self._slot_cap, :, : self._cache_cap] = self._k
+            v[:, : self._slot_cap, :, : self._cache_cap] = self._v
+        self._k, self._v, self._cache_cap, self._slot_cap = k, v, cap, nslots
 
     def _emit(self, seqs: list[_Seq], tokens: list[int]) -> None:
         """Record each request's new token; finished requests leave the batch."""
@@ -623,7 +631,7 @@ class GenerationEngine:
             return
         lens = [len(s.prompt) for s in new]
         try:
-            self._ensure_capacity(max([s.pos + 1 for s in dec] + [n + 1 for n in lens]))
+            self._ensure_capacity(max([s.pos + 1 for s in dec] + [n + 1 for n in lens]), base + len(new))
             logits = self._forward(len(dec), [s.last_token for s in dec], [s.pos for s in dec],
                                    [s.prompt for s in new], lens, base=base)
             for s in dec:
@@ -685,10 +693,12 @@ class GenerationEngine:
 
     def _prefill(self, base: int, prompts: list[list[int]], lens: list[int]) -> torch.Tensor:
         """Prefill only, into slots base..base+b-1; last-position logits [b, V]."""
+        self._ensure_capacity(max(lens) + 1, base + len(prompts))
         return self._forward(0, [], [], prompts, lens, base=base)
 
     def _decode(self, n: int, tokens: list[int], positions: list[int]) -> torch.Tensor:
         """Decode only, slots 0..n-1; logits [n, V]."""
+        self._ensure_capacity(max(positions) + 1, n)
         return self._forward(n, tokens, positions, [], [])
 
     def _forward(self, nd: int, tokens: list[int], positions: list[int], prompts: list[list[int]],

@@ -306,3 +306,22 @@ def test_bfloat16_greedy_continuations_mostly_identical(make_engine):
     assert fp32[0] == hf_greedy(model, prompts[0], 20, stop=None)
     same = sum(a == b for a, b in zip(fp32, bf16))
     assert same >= 6, f"only {same}/8 bf16 greedy continuations equal float32"
+
+
+def test_kv_cache_grows_with_use_only(tiny_model, make_engine):
+    """A large max_batch_size costs no memory until requests need the slots; growth keeps running requests."""
+    engine = make_engine(tiny_model, max_batch_size=64, initial_cache_tokens=16)
+    assert engine.stats()["kv_cache_slots"] <= 2
+
+    async def main():
+        first = engine.generate(greedy(PROMPTS[3], 40))
+        await first.__anext__()  # running, with its KV cache filled, before the cache grows under it
+        rest = await asyncio.gather(*[engine.complete(greedy(p, 30)) for p in PROMPTS * 2])
+        return [t async for t in first], rest
+
+    tail, rest = asyncio.run(main())
+    assert tail == hf_greedy(tiny_model, PROMPTS[3], 40)[1:]
+    for p, out in zip(PROMPTS * 2, rest):
+        assert out == hf_greedy(tiny_model, p, 30)
+    st = engine.stats()
+    assert 8 <= st["kv_cache_slots"] <= 16 and st["kv_cache_tokens"] >= 43

@@ -389,3 +389,12 @@ def test_container_args_are_accepted_by_the_operator_cli(extra, expected):
     assert params["clusterwide"] is (not extra)
     assert params["namespaces"] == (("apps",) if extra else ())
     assert params["log_format"].name == "JSON"
+
+
+def test_app_version_is_the_projects_version():
+    """appVersion tags the operator image (and the serve image: textgen_operator's default); it is the package's."""
+    import tomllib
+
+    project = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == project["version"]

@@ -1,4 +1,4 @@
-##@ Serving (the Ray Serve GPT-2 app; see docs/serving.md)
+##@ Serving (the Ray Serve GPT-2 app; see README.md, "Serving locally")
 
 MODELS := $(ROOT)/.models
 SERVE_CONFIG ?= $(ROOT)/serve_app/config/local.yaml

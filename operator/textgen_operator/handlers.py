@@ -11,6 +11,7 @@ Run with `python -m textgen_operator` or `kopf run --standalone -m textgen_opera
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,9 +36,16 @@ def api() -> k8s.CustomObjectsApi:
         try:
             k8s_config.load_incluster_config(client_configuration=cfg)
         except k8s_config.ConfigException:
-            k8s_config.load_kube_config(client_configuration=cfg)  # $KUBECONFIG or ~/.kube/config
+            # $KUBECONFIG read now: the client's own default is frozen when the kubernetes package is imported.
+            k8s_config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
         _API = k8s.ApiClient(cfg)
     return k8s.CustomObjectsApi(_API)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own credentials: the pod's service account, else $KUBECONFIG (read at login, not at import)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()

@@ -370,3 +370,61 @@ def test_python_dash_m_runs_the_operator_with_liveness(api, kubeconfig, namespac
     assert proc.returncode == 0, out
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert any("Applied RayService" in r.get("message", "") for r in records), out[-2000:]
+
+
+def _strip_rules(node):
+    if isinstance(node, dict):
+        return {k: _strip_rules(v) for k, v in node.items() if k != "x-kubernetes-validations"}
+    if isinstance(node, list):
+        return [_strip_rules(v) for v in node]
+    return node
+
+
+def test_invalid_spec_that_slipped_past_the_api_server_is_reported(api, kubectl, k8s_api, namespace, run_operator):
+    """An object stored before the CRD had its rules (e.g. across an upgrade) is reported, not crash-looped on."""
+    bad = {"apiVersion": C.API_VERSION, "kind": C.KIND, "metadata": {"name": "slipped"},
+           "spec": {"replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}
+    relaxed = _strip_rules(yaml.safe_load(CRD_PATH.read_text()))
+
+    def create_bad():
+        try:
+            return create_tgs(api, namespace, bad)
+        except ApiException as exc:
+            if exc.status != 422:
+                raise
+            return None  # the relaxed CRD is not in effect yet
+
+    def rules_back():
+        try:
+            api.create_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL,
+                                                {**bad, "metadata": {"name": "probe"}}, dry_run="All")
+        except ApiException as exc:
+            return exc.status == 422
+        return False
+
+    try:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump(relaxed))
+        wait_for(create_bad, "the API server to accept the object under the rule-less CRD")
+    finally:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+        wait_for(rules_back, "the CRD's rules to be enforced again")
+
+    with run_operator() as log:
+        status = wait_for(lambda: (get_tgs(api, namespace, "slipped").get("status") or {}).get("conditions") and
+                          get_tgs(api, namespace, "slipped")["status"], "the Degraded condition")
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert (degraded["status"], degraded["reason"]) == ("True", "InvalidSpec")
+        assert "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas" in degraded["message"]
+        events = wait_for(lambda: [e for e in client.CoreV1Api(k8s_api).list_namespaced_event(namespace).items
+                                   if e.reason == "InvalidSpec" and e.involved_object.name == "slipped"],
+                          "an InvalidSpec event")
+        assert events[0].type == "Warning" and "minReplicas" in events[0].message
+        assert get(api, namespace, C.RAYSERVICE_PLURAL, "slipped") is None
+        assert log.count("failed permanently") == 1  # no retry loop
+
+        # fixing the spec is all it takes
+        api.patch_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, "slipped",
+                                           {"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 4}}})
+        wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, "slipped"), "the RayService after the fix")
+        wait_for(lambda: next(c for c in get_tgs(api, namespace, "slipped")["status"]["conditions"]
+                              if c["type"] == "Degraded")["status"] == "False", "Degraded to clear")

@@ -20,7 +20,8 @@ DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 
 def kopf_args(argv: list[str] | None = None) -> list[str]:
     p = argparse.ArgumentParser(prog="textgen-operator", description=__doc__.split("\n\n")[0])
-    p.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    p.add_argument("-n", "--namespace", action="append", default=[],
+                   help="watch this namespace (repeatable, or comma-separated)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces")
     p.add_argument("-L", "--liveness", default=os.environ.get("TEXTGEN_LIVENESS", DEFAULT_LIVENESS),
                    help=f"liveness endpoint (default {DEFAULT_LIVENESS}); 'none' to disable")
@@ -30,7 +31,8 @@ def kopf_args(argv: list[str] | None = None) -> list[str]:
     p.add_argument("-d", "--debug", action="store_true")
     args = p.parse_args(argv)
 
-    namespaces = args.namespace or [n for n in os.environ.get("WATCH_NAMESPACE", "").split(",") if n.strip()]
+    given = args.namespace or [os.environ.get("WATCH_NAMESPACE", "")]
+    namespaces = [n.strip() for value in given for n in value.split(",") if n.strip()]  # "a,b" works too
     if args.all_namespaces and args.namespace:
         p.error("--all-namespaces and --namespace exclude each other")
     out = ["run", "--standalone", "--log-format", args.log_format]
@@ -42,7 +44,7 @@ def kopf_args(argv: list[str] | None = None) -> list[str]:
         out.append("--debug")
     if namespaces and not args.all_namespaces:
         for ns in namespaces:
-            out += ["--namespace", ns.strip()]
+            out += ["--namespace", ns]
     else:
         out.append("--all-namespaces")
     out += ["-m", "textgen_operator.handlers"]

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import yaml
-from tgs_common import GOLDEN_DIR, SAMPLES, sample  # noqa: F401 (fixture)
+from tgs_common import GOLDEN_DIR, SAMPLES
 from serve_app.config import AppArgs
 from textgen_operator import constants as C
 from textgen_operator.builder import build_rayservice, worker_bounds

@@ -10,7 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 
 import pytest
 import yaml
@@ -331,8 +337,6 @@ def test_deleting_the_textgenservice_removes_rayservice_and_raycluster(api, name
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -340,12 +344,6 @@ def _free_port() -> int:
 
 def test_python_dash_m_runs_the_operator_with_liveness(api, kubeconfig, namespace, crd_installed):
     """The way the image runs it: a subprocess with --namespace, a liveness endpoint and JSON logs."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import urllib.request
-
     port = _free_port()
     env = {**os.environ, "KUBECONFIG": kubeconfig,
            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")])}

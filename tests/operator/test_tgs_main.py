@@ -21,8 +21,8 @@ def test_defaults_are_cluster_wide_standalone_with_liveness(monkeypatch):
 
 def test_namespaces_and_log_format(monkeypatch):
     monkeypatch.delenv("WATCH_NAMESPACE", raising=False)
-    args = kopf_args(["-n", "a", "--namespace", "b", "--log-format", "json", "--liveness", "none", "-v"])
-    assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == ["a", "b"]
+    args = kopf_args(["-n", "a", "--namespace=b,c", "--log-format", "json", "--liveness", "none", "-v"])
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == ["a", "b", "c"]
     assert "--all-namespaces" not in args and "--liveness" not in args and "--verbose" in args
     assert args[args.index("--log-format") + 1] == "json"
 

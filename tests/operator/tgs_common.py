@@ -5,18 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import yaml
-
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = ROOT / "manifests" / "samples"
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 SAMPLES = sorted(SAMPLES_DIR.glob("*.yaml"))
-
-
-@pytest.fixture(params=SAMPLES, ids=[p.stem for p in SAMPLES])
-def sample(request) -> tuple[Path, dict]:
-    return request.param, yaml.safe_load(request.param.read_text())
 
 
 # (spec, the message the operator and the API server both give)

@@ -24,7 +24,7 @@ from . import constants as C
 from .builder import build_rayservice
 from .spec import TextGenServiceSpec
 from .status import build_status
-from .validation import InvalidSpec, validate
+from .validation import InvalidSpec, parse, validate
 
 _API: k8s.ApiClient | None = None
 
@@ -115,6 +115,22 @@ def desired_rayservice(tgs: Mapping[str, Any], spec: TextGenServiceSpec) -> dict
     return body
 
 
+def ensure_rayservice(tgs: Mapping[str, Any], spec: TextGenServiceSpec, current: Mapping[str, Any] | None,
+                      changed: str, logger: logging.Logger) -> Mapping[str, Any]:
+    """Apply the desired RayService unless `current` already has all of it; returns the RayService as it is now.
+
+    `changed` says, for the log and the Event, why a `current` that differs does: a spec change or a drift.
+    """
+    desired = desired_rayservice(tgs, spec)
+    if current is not None and is_subset(desired, current):
+        return current
+    meta = desired["metadata"]
+    applied = apply_rayservice(desired)
+    logger.info("Applied RayService %s/%s (generation %s): %s", meta["namespace"], meta["name"],
+                tgs["metadata"].get("generation"), "it was missing" if current is None else changed)
+    return applied
+
+
 def is_subset(want: Any, have: Any) -> bool:
     """Whether everything in `want` is present and equal in `have` (extra keys in `have` are fine)."""
     if isinstance(want, Mapping):
@@ -133,17 +149,14 @@ def is_subset(want: Any, have: Any) -> bool:
 def reconcile(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, logger: logging.Logger,
               **_: Any) -> None:
     tgs = dict(body)
+    current = get_rayservice(namespace, name)
     try:
         parsed = validate(name, spec)
     except InvalidSpec as exc:
-        patch_status(tgs, build_status(tgs, get_rayservice(namespace, name)))
+        patch_status(tgs, build_status(tgs, current))
         kopf.warn(body, reason="InvalidSpec", message="; ".join(exc.problems))
         raise
-    desired = desired_rayservice(tgs, parsed)
-    current = get_rayservice(namespace, name)
-    if current is None or not is_subset(desired, current):
-        current = apply_rayservice(desired)
-        logger.info("Applied RayService %s/%s (generation %s)", namespace, name, body.meta.get("generation"))
+    current = ensure_rayservice(tgs, parsed, current, "the TextGenService spec changed", logger)
     patch_status(tgs, build_status(tgs, current))
 
 
@@ -164,21 +177,8 @@ def rayservice_event(event: kopf.RawEvent, body: kopf.Body, namespace: str, logg
     tgs = get_textgenservice(namespace, owner)
     if tgs is None or tgs["metadata"].get("deletionTimestamp"):
         return  # the owner is going away; garbage collection takes the RayService with it
-    rayservice: dict[str, Any] | None = dict(body)
-    parsed = None
-    try:
-        parsed = validate(owner, tgs.get("spec"))
-    except InvalidSpec:
-        pass  # reconcile reported it; keep mirroring status, change nothing
-    if parsed is not None:
-        desired = desired_rayservice(tgs, parsed)
-        if event.get("type") == "DELETED":
-            logger.warning("RayService %s/%s was deleted; re-creating it", namespace, body.metadata.name)
-            rayservice = apply_rayservice(desired)
-        elif not is_subset(desired, body):
-            logger.warning("RayService %s/%s drifted from its TextGenService; re-applying", namespace,
-                           body.metadata.name)
-            rayservice = apply_rayservice(desired)
-    elif event.get("type") == "DELETED":
-        rayservice = None
-    patch_status(tgs, build_status(tgs, rayservice))
+    current = None if event.get("type") == "DELETED" else dict(body)
+    parsed, _problems = parse(owner, tgs.get("spec"))
+    if parsed is not None:  # an invalid spec was reported by reconcile: change nothing, keep mirroring status
+        current = ensure_rayservice(tgs, parsed, current, "it drifted from its TextGenService", logger)
+    patch_status(tgs, build_status(tgs, current))

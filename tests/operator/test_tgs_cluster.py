@@ -287,7 +287,7 @@ def test_drift_is_repaired(api, namespace, run_operator):
                                            {"spec": {"serveConfigV2": "applications: []\n"}})
         wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name)["spec"]["serveConfigV2"] == good,
                  "the operator to restore serveConfigV2")
-        assert log.count("drifted from its TextGenService") >= 1
+        assert log.count("it drifted from its TextGenService") >= 1
         # someone deletes it
         old_uid = rs["metadata"]["uid"]
         api.delete_namespaced_custom_object(C.RAY_GROUP, "v1", namespace, C.RAYSERVICE_PLURAL, name)

@@ -43,3 +43,11 @@ def test_module_help_runs():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "--all-namespaces" in proc.stdout and "--namespace" in proc.stdout
+
+
+def test_package_exports_versions_without_importing_kopf():
+    code = ("import sys, textgen_operator as t; "
+            "print(t.RAY_VERSION, t.DEFAULT_IMAGE, 'kopf' in sys.modules, 'kubernetes' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "operator", capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.split() == ["2.60.0", "textgen-serve:0.1.0", "False", "False"], proc.stderr

@@ -59,7 +59,10 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=C.ANNOTATION_PREFIX, key="last-handled-configuration")
     settings.peering.standalone = True
-    settings.posting.level = logging.INFO  # info-level and above logs on an object become its Events
+    # Events are posted explicitly (RayServiceApplied, InvalidSpec); log lines are not (posting.loggers stays off:
+    # a line per RayService status change would flood the Events).
+    settings.posting.level = logging.INFO
+    settings.posting.loggers = False
     settings.posting.reporting_component = C.MANAGED_BY
     api()
     logger.info("textgen-operator ready: managing %s/%s -> %s RayServices", C.API_VERSION, C.KIND, C.RAY_API_VERSION)
@@ -124,10 +127,11 @@ def ensure_rayservice(tgs: Mapping[str, Any], spec: TextGenServiceSpec, current:
     desired = desired_rayservice(tgs, spec)
     if current is not None and is_subset(desired, current):
         return current
-    meta = desired["metadata"]
     applied = apply_rayservice(desired)
-    logger.info("Applied RayService %s/%s (generation %s): %s", meta["namespace"], meta["name"],
-                tgs["metadata"].get("generation"), "it was missing" if current is None else changed)
+    message = (f"Applied RayService {desired['metadata']['name']} (generation {tgs['metadata'].get('generation')}): "
+               + ("it was missing" if current is None else changed))
+    logger.info(message)
+    kopf.info(tgs, reason="RayServiceApplied", message=message)
     return applied
 
 

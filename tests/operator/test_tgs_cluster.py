@@ -275,7 +275,7 @@ def test_autoscaling_bounds_scale_and_rejections(api, kubectl, namespace, run_op
                  ["autoscaling_config"]["max_replicas"] == 21, "the new maxReplicas in serveConfigV2")
 
 
-def test_drift_is_repaired(api, namespace, run_operator):
+def test_drift_is_repaired(api, k8s_api, namespace, run_operator):
     doc = load_sample("fixed")
     name = doc["metadata"]["name"]
     with run_operator() as log:
@@ -288,6 +288,10 @@ def test_drift_is_repaired(api, namespace, run_operator):
         wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name)["spec"]["serveConfigV2"] == good,
                  "the operator to restore serveConfigV2")
         assert log.count("it drifted from its TextGenService") >= 1
+        wait_for(lambda: [e for e in client.CoreV1Api(k8s_api).list_namespaced_event(namespace).items
+                          if e.reason == "RayServiceApplied" and "drifted" in e.message
+                          and e.involved_object.kind == C.KIND and e.involved_object.name == name],
+                 "a RayServiceApplied event on the TextGenService")
         # someone deletes it
         old_uid = rs["metadata"]["uid"]
         api.delete_namespaced_custom_object(C.RAY_GROUP, "v1", namespace, C.RAYSERVICE_PLURAL, name)

@@ -67,8 +67,9 @@ def build_status(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None, *
         status["observedGeneration"] = generation
     else:
         status["replicas"] = parsed.replicas
-        healthy = ready[0] == "True" and _app(rayservice).get("status") == "RUNNING" and \
-            _get(_app(rayservice), "serveDeploymentStatuses", C.MODEL_DEPLOYMENT, "status") in (None, "HEALTHY")
+        app = _app(rayservice)
+        healthy = ready[0] == "True" and app.get("status") == "RUNNING" and \
+            _get(app, "serveDeploymentStatuses", C.MODEL_DEPLOYMENT, "status") in (None, "HEALTHY")
         status["readyReplicas"] = parsed.replicas if healthy else 0
         applied = _get(rayservice, "metadata", "annotations", C.ANNOTATION_GENERATION)
         if applied is not None:

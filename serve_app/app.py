@@ -16,7 +16,6 @@ itself through ``backpressure_config``).
 import asyncio
 import logging
 import os
-import time
 from typing import Any, AsyncIterator, Dict, Optional
 
 from fastapi import FastAPI, Request

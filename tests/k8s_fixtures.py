@@ -42,6 +42,19 @@ KUBERAY_SAMPLES = ROOT / ".cache" / "kuberay" / "samples"
 USE_EXISTING_ENV = "TEXTGEN_USE_EXISTING_CLUSTER"
 
 
+
+def wait_for(predicate, what: str, timeout: float = 60, interval: float = 0.5):
+    """Poll `predicate` until it returns something truthy; return that value, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
+
+
 class KubectlError(RuntimeError):
     def __init__(self, proc: subprocess.CompletedProcess):
         self.proc = proc

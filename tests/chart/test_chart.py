@@ -373,7 +373,6 @@ def test_kuberay_is_not_a_hard_dependency():
 def test_container_args_are_accepted_by_the_operator_cli(extra, expected):
     """The Deployment's command line parses with `python -m textgen_operator` and, through it, kopf's `run`."""
     from kopf.cli import main as kopf_main
-
     from textgen_operator.__main__ import kopf_args
 
     (container,) = by_kind(render_objects(*extra), "Deployment")[0]["spec"]["template"]["spec"]["containers"]

@@ -5,10 +5,11 @@ what the API server and the controllers do (CRD established, objects and RBAC cr
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
+
+from tests.k8s_fixtures import wait_for
 
 from .chart_utils import CHART, ROOT, helm
 
@@ -27,16 +28,6 @@ def exists(kubectl, *args: str) -> bool:
     assert proc.returncode == 0, proc.stderr
     return bool(proc.stdout.strip())
 
-
-def wait_for(predicate, what: str, timeout: float = 60, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def can_i(kubectl, sa: str, verb: str, resource: str, namespace: str) -> bool:

@@ -210,9 +210,8 @@ def _properties(node, name):
 
 def test_crd_defaults_use_the_same_ray_version_and_serve_image():
     """The CRD's default rayVersion is RAY_VERSION, and its default image is the one `make images` builds."""
-    from textgen_operator.constants import DEFAULT_IMAGE, RAY_VERSION
-
     import yaml
+    from textgen_operator.constants import DEFAULT_IMAGE, RAY_VERSION
 
     (version,) = crd()["spec"]["versions"]
     schema = version["schema"]["openAPIV3Schema"]

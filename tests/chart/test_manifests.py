@@ -79,7 +79,7 @@ def test_kind_values_launch_the_e2e_textgenservice():
     values = yaml.safe_load((CHART / "ci" / "kind-values.yaml").read_text())
     names = [t["name"] for t in values["textGenServices"]]
     proc = make("-pn", "kind-up")  # print make's database: E2E_TGS's value
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("E2E_TGS "))
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("E2E_TGS "))
     assert line.split("=", 1)[1].strip() in names
     assert values["image"]["pullPolicy"] == "Never"  # images come from `make kind-load`, never a registry
 

@@ -17,23 +17,12 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.k8s_fixtures import KUBERAY_SAMPLES, ROOT, use_existing_cluster
+from tests.k8s_fixtures import KUBERAY_SAMPLES, ROOT, use_existing_cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
 
-
-def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy; return that value or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
 
 
 def sample_rayservice() -> dict:
@@ -70,7 +59,7 @@ def test_kuberay_sample_rayservice_creates_raycluster_and_pods(kubectl, k8s_api,
                 return rc
         return None
 
-    raycluster = wait_until(owned_raycluster, 120, what=f"KubeRay to create a RayCluster for RayService {name}")
+    raycluster = wait_for(owned_raycluster, timeout=120, what=f"KubeRay to create a RayCluster for RayService {name}")
     rc_name = raycluster["metadata"]["name"]
     assert rc_name.startswith(name)
     # The RayCluster carries the sample's cluster spec.
@@ -83,7 +72,7 @@ def test_kuberay_sample_rayservice_creates_raycluster_and_pods(kubectl, k8s_api,
         kinds = {p.metadata.labels.get("ray.io/node-type") for p in pods}
         return pods if {"head", "worker"} <= kinds else None
 
-    pods = wait_until(head_and_worker_pods, 120, what=f"head and worker Pods of RayCluster {rc_name}")
+    pods = wait_for(head_and_worker_pods, timeout=120, what=f"head and worker Pods of RayCluster {rc_name}")
     head = [p for p in pods if p.metadata.labels["ray.io/node-type"] == "head"]
     workers = [p for p in pods if p.metadata.labels["ray.io/node-type"] == "worker"]
     assert len(head) == 1
@@ -141,7 +130,7 @@ def test_garbage_collector_deletes_dependents_of_a_deleted_owner(k8s_api, namesp
         except ApiException as exc:
             return exc.status == 404
 
-    wait_until(dependent_gone, 60, what="the garbage collector to delete the dependent ConfigMap")
+    wait_for(dependent_gone, timeout=60, what="the garbage collector to delete the dependent ConfigMap")
     # Objects without that owner are untouched.
     assert core.read_namespaced_config_map("bystander", namespace).metadata.name == "bystander"
 
@@ -160,7 +149,7 @@ def test_namespace_deletion_is_finalized(k8s_api):
         except ApiException as exc:
             return exc.status == 404
 
-    wait_until(namespace_gone, 90, what=f"namespace {name} to be finalized by the namespace controller")
+    wait_for(namespace_gone, timeout=90, what=f"namespace {name} to be finalized by the namespace controller")
 
 
 def test_cel_rules_server_side_apply_and_scale_subresource_work(k8s_api, kubectl, namespace):

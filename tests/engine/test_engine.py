@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from engine_testlib import hf_greedy, make_model
 
 from serve_app.engine import (
     EngineOverloaded,
@@ -14,8 +15,6 @@ from serve_app.engine import (
     GenerationEngine,
     GenerationRequest,
 )
-
-from engine_testlib import hf_greedy, make_model
 
 PROMPTS = [[1, 2, 3], [7, 8, 9, 10, 11, 12], [500], [42, 17, 256, 3, 3, 911, 64, 5, 80, 13, 2, 700, 1]]
 

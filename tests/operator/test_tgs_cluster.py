@@ -29,22 +29,12 @@ from textgen_operator.builder import build_rayservice, worker_bounds
 from textgen_operator.spec import TextGenServiceSpec
 from tgs_common import GOLDEN_DIR, ROOT, RULE_CASES, SAMPLES
 
+from tests.k8s_fixtures import wait_for
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 CRD_PATH = ROOT / "manifests" / "crd" / C.CRD_FILENAME
-WAIT_S = 60
 
-
-def wait_for(fn, what: str, timeout: float = WAIT_S, interval: float = 0.5):
-    """Poll fn() until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last value: {last!r})")
 
 
 class LogLines(logging.Handler):

@@ -7,10 +7,10 @@ import re
 import jsonschema
 import pytest
 import yaml
-from tgs_common import ROOT, SAMPLES
 from textgen_operator import constants as C
 from textgen_operator import crd
 from textgen_operator.spec import ROOT_RULES, Autoscaling, Cluster, Serving, TextGenServiceSpec
+from tgs_common import ROOT, SAMPLES
 
 COMMITTED = [ROOT / "manifests" / "crd" / C.CRD_FILENAME, ROOT / "charts" / "textgen-operator" / "crds" / C.CRD_FILENAME]
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from tgs_common import ROOT
 from textgen_operator.__main__ import DEFAULT_LIVENESS, kopf_args
+from tgs_common import ROOT
 
 
 def test_defaults_are_cluster_wide_standalone_with_liveness(monkeypatch):

@@ -8,6 +8,7 @@ from textgen_operator.spec import ROOT_RULES, Autoscaling, Cluster, Serving, Tex
 from textgen_operator.validation import InvalidSpec, parse, validate
 from tgs_common import RULE_CASES
 
+
 def test_every_rule_has_a_case():
     declared = [r.message for m in (TextGenServiceSpec, Autoscaling, Serving, Cluster) for r in m.rules]
     covered = [msg for _, msg in RULE_CASES.values()]

@@ -1,7 +1,6 @@
 """tools/make_model.py outputs and the honest model naming of serve_app.loading."""
 
 import json
-import os
 import sys
 from pathlib import Path
 

@@ -54,7 +54,7 @@ test-unit: venv ## Run only the fast tests (no Ray, no cluster).
 
 .PHONY: lint
 lint: venv lint-chart ## Lint Python (ruff, if installed) and the Helm chart.
-	@if $(VENV)/bin/python -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check serve_app operator tests bench; fi
+	@if $(VENV)/bin/python -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check serve_app operator tests bench tools hack; fi
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv, .cache and .models).

@@ -108,8 +108,8 @@ class GPT2Model:
         self.created = now()
         self._metrics_task: Optional[asyncio.Task] = None
         self._init_metrics()
-        logger.info("GPT2Model ready: %s, %d torch threads, batch %d, rss %.0f MiB", self.info.name,
-                    self.threads, self.args.max_batch_size, _rss_bytes() / 2**20)
+        logger.info("GPT2Model ready: %s, %s, %d torch threads, batch %d, rss %.0f MiB", self.info.name,
+                    self.engine.dtype, self.threads, self.args.max_batch_size, _rss_bytes() / 2**20)
 
     # ---------------------------------------------------------------- metrics
     def _init_metrics(self) -> None:
@@ -170,7 +170,8 @@ class GPT2Model:
     async def stats(self) -> Dict[str, Any]:
         self._ensure_metrics_task()
         st = self.engine.stats()
-        st.update(model=self.info.name, pid=os.getpid(), rss_bytes=_rss_bytes(), torch_threads=self.threads)
+        st.update(model=self.info.name, pid=os.getpid(), rss_bytes=_rss_bytes(), torch_threads=self.threads,
+                  dtype=self.engine.dtype)
         return st
 
     def check_health(self) -> None:

@@ -57,6 +57,24 @@ BATCH_SIZE_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+def native_bf16() -> bool:
+    """True when the CPU multiplies bfloat16 in hardware (AMX or AVX-512 BF16). Elsewhere (e.g. the Skylake and
+    Cascade Lake cores of m5 instances) bfloat16 is emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(dtype: str) -> str:
+    """'auto' -> 'bfloat16' where the CPU has native bf16 (about 2x the tokens/s, bench/ENGINE.md), else 'float32'."""
+    if dtype == "auto":
+        return "bfloat16" if native_bf16() else "float32"
+    return dtype
+
+
 class EngineOverloaded(RuntimeError):
     """The waiting queue is full (``max_waiting``); the API should answer 503 + Retry-After."""
 
@@ -318,6 +336,7 @@ class GenerationEngine:
         name: str = "gpt2-engine",
     ):
         _check_supported(model)
+        dtype = resolve_dtype(dtype)
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if max_batch_size < 1:

@@ -14,6 +14,8 @@ from serve_app.engine import (
     EngineStopped,
     GenerationEngine,
     GenerationRequest,
+    native_bf16,
+    resolve_dtype,
 )
 
 PROMPTS = [[1, 2, 3], [7, 8, 9, 10, 11, 12], [500], [42, 17, 256, 3, 3, 911, 64, 5, 80, 13, 2, 700, 1]]
@@ -324,3 +326,18 @@ def test_kv_cache_grows_with_use_only(tiny_model, make_engine):
         assert out == hf_greedy(tiny_model, p, 30)
     st = engine.stats()
     assert 8 <= st["kv_cache_slots"] <= 16 and st["kv_cache_tokens"] >= 43
+
+
+def test_auto_dtype_follows_the_cpu():
+    """'auto' is bfloat16 exactly where the CPU has native bf16; explicit dtypes pass through."""
+    with open("/proc/cpuinfo") as f:
+        flags = set(f.read().split())
+    native = bool(flags & {"amx_bf16", "avx512_bf16"})
+    assert native_bf16() is native
+    assert resolve_dtype("auto") == ("bfloat16" if native else "float32")
+    assert resolve_dtype("float32") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
+    eng = GenerationEngine(make_model(), dtype="auto", max_batch_size=2, warmup=False)
+    try:
+        assert eng.dtype == resolve_dtype("auto")
+    finally:
+        eng.shutdown()

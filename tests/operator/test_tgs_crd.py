@@ -81,7 +81,7 @@ def test_spec_and_status_fields():
     assert cluster["nodeType"]["enum"] == list(C.NODE_TYPES)
     assert cluster["image"]["default"] == C.DEFAULT_IMAGE == "textgen-serve:0.1.0"
     assert cluster["rayVersion"]["default"] == C.RAY_VERSION == "2.60.0"
-    assert spec["serving"]["properties"]["dtype"]["enum"] == ["float32", "bfloat16"]
+    assert spec["serving"]["properties"]["dtype"]["enum"] == ["float32", "bfloat16", "auto"]
     # an absent nested object defaults to all its fields' defaults
     assert spec["autoscaling"]["default"] == {
         "enabled": False, "minReplicas": 1, "maxReplicas": 4, "targetOngoingRequests": 2.0, "upscaleDelayS": 30.0,

@@ -170,9 +170,17 @@ def render_block(results: Optional[dict]) -> str:
     ]
     if ours and base and peer:
         head.append(
-            f"**At concurrency {top}: {ours['label']}, {_f(ours['tokens_per_s'])} tokens/s = "
+            f"**At concurrency {top}: {ours['label']}, {ours.get('dtype', 'float32')}, "
+            f"{_f(ours['tokens_per_s'])} tokens/s = "
             f"{_f(results['ratio'], 2)}× the baseline ({_f(base['tokens_per_s'])}) and "
             f"{_f(results['peer_ratio'], 2)}× transformers serve ({_f(peer['tokens_per_s'])}).**"
+        )
+        head.append("")
+        head.append(
+            f"Numerics: the baseline and the peer compute in {base.get('dtype', 'float32')} / "
+            f"{peer.get('dtype', 'float32')}, ours in {ours.get('dtype', 'float32')} (the serve config's "
+            "`dtype`; bfloat16 is used only where the CPU has native bf16, and its greedy tokens are checked "
+            "against float32 on the same weights by tests/engine)."
         )
         head.append("")
     return "\n".join(head + [

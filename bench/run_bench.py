@@ -205,8 +205,22 @@ def run_system(
                 f"p50 {point['latency_s']['p50']}s  p95 {point['latency_s']['p95']}s  "
                 f"ttft p50 {ttft.get('p50')}s  errors {point['errors']}"
                 + (f"+{point['stream']['errors']}" if point["stream"] else ""))
+        if spec.name.startswith("textgen"):
+            # The engine's own counters, including the dtype it resolved ("auto" -> bfloat16 or float32).
+            try:
+                import httpx
+
+                with httpx.Client(timeout=10.0, trust_env=False) as client:
+                    result["engine_stats"] = client.get(spec.base_url + "/stats").json()
+            except Exception as exc:  # noqa: BLE001
+                result["engine_stats"] = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         server.stop()
+    if spec.name.startswith("textgen"):
+        result["dtype"] = (result.get("engine_stats") or {}).get("dtype") or (
+            result.get("serve_args") or {}).get("dtype", "float32")
+    else:
+        result["dtype"] = "float32"  # the weights' dtype; neither server is told otherwise
     return result
 
 
@@ -242,7 +256,7 @@ def headline(results: dict) -> dict:
             "system": name,
             "label": s["label"],
             "replicas": s.get("replicas", 1),
-            "dtype": (s.get("serve_args") or {}).get("dtype", "float32"),
+            "dtype": s.get("dtype", "float32"),
             "tokens_per_s": tps(name),
             "tokens_per_s_by_concurrency": {str(c): tps(name, c) for c in sweep},
             "p50_latency_s_by_concurrency": {

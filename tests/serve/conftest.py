@@ -2,7 +2,6 @@
 
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -18,18 +17,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-@pytest.fixture(scope="session")
-def tiny_model_dir() -> Path:
-    """The tiny random-init GPT-2 (`make model` builds it; built here if missing)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import make_model
-    finally:
-        sys.path.pop(0)
-    make_model.main(["--out", str(MODELS), "--cache", str(ROOT / ".cache" / "npm"),
-                     "--only", "gpt2-tiny-random-init"])
-    return TINY
 
 
 @pytest.fixture(scope="module")

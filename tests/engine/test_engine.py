@@ -27,6 +27,15 @@ def greedy(prompt, n, **kw) -> GenerationRequest:
     return GenerationRequest(prompt_ids=prompt, max_new_tokens=n, temperature=0, **kw)
 
 
+def greedy_all(engine, prompts, n) -> list[list[int]]:
+    """All prompts at once through one engine: n greedy tokens each, end-of-text ignored."""
+
+    async def main():
+        return await asyncio.gather(*[engine.complete(greedy(p, n, ignore_eos=True)) for p in prompts])
+
+    return asyncio.run(main())
+
+
 async def wait_for(pred, timeout=20.0):
     deadline = asyncio.get_running_loop().time() + timeout
     while not pred():
@@ -297,15 +306,7 @@ def test_bfloat16_greedy_continuations_mostly_identical(make_engine):
     g = torch.Generator().manual_seed(9)
     prompts = [torch.randint(0, 50256, (12,), generator=g).tolist() for _ in range(8)]
 
-    def run(dtype):
-        engine = make_engine(model, max_batch_size=8, dtype=dtype)
-
-        async def main():
-            return await asyncio.gather(*[engine.complete(greedy(p, 20, ignore_eos=True)) for p in prompts])
-
-        return asyncio.run(main())
-
-    fp32, bf16 = run("float32"), run("bfloat16")
+    fp32, bf16 = (greedy_all(make_engine(model, max_batch_size=8, dtype=d), prompts, 20) for d in ("float32", "bfloat16"))
     assert fp32[0] == hf_greedy(model, prompts[0], 20, stop=None)
     same = sum(a == b for a, b in zip(fp32, bf16))
     assert same >= 6, f"only {same}/8 bf16 greedy continuations equal float32"
@@ -358,15 +359,7 @@ def test_bfloat16_quality_guard_on_the_served_124m_weights(make_engine, stand_in
     texts = [ln.strip() for ln in (ROOT / "bench" / "prompts.txt").read_text().splitlines() if ln.strip()]
     prompts = [tok.encode(t) for t in texts[:16]]
 
-    def run(dtype):
-        engine = make_engine(model, max_batch_size=16, dtype=dtype)
-
-        async def main():
-            return await asyncio.gather(*[engine.complete(greedy(p, 50, ignore_eos=True)) for p in prompts])
-
-        return asyncio.run(main())
-
-    fp32, bf16 = run("float32"), run("bfloat16")
+    fp32, bf16 = (greedy_all(make_engine(model, max_batch_size=16, dtype=d), prompts, 50) for d in ("float32", "bfloat16"))
     identical = 0
     for prompt, a, b in zip(prompts, fp32, bf16):
         assert len(a) == len(b) == 50

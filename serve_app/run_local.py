@@ -55,7 +55,8 @@ def load_serve_config(path: Path, *, root: Path = ROOT, host: Optional[str] = No
     return cfg
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (the OS picks it); shared by the benchmark and the tests."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -120,7 +121,7 @@ def main(argv: Optional[list] = None) -> int:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    metrics_port = a.metrics_port or _free_port()
+    metrics_port = a.metrics_port or free_port()
     dashboard = a.dashboard and not _port_busy("127.0.0.1", a.dashboard_port)
     if a.dashboard and not dashboard:
         _say(f"port {a.dashboard_port} is busy: starting without the Ray dashboard")

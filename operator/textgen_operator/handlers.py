@@ -71,22 +71,21 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
 # --- side effects -----------------------------------------------------------------------------------------------------
 
 
-def get_rayservice(namespace: str, name: str) -> dict[str, Any] | None:
+def _get_or_none(group: str, version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return api().get_namespaced_custom_object(C.RAY_GROUP, C.RAY_VERSION_API, namespace, C.RAYSERVICE_PLURAL, name)
+        return api().get_namespaced_custom_object(group, version, namespace, plural, name)
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
+
+
+def get_rayservice(namespace: str, name: str) -> dict[str, Any] | None:
+    return _get_or_none(C.RAY_GROUP, C.RAY_VERSION_API, C.RAYSERVICE_PLURAL, namespace, name)
 
 
 def get_textgenservice(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return api().get_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, name)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return _get_or_none(C.GROUP, C.VERSION, C.PLURAL, namespace, name)
 
 
 def apply_rayservice(body: dict[str, Any]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def test_target_rejects_streaming_the_baseline():
 
 def test_unreachable_server_is_an_error_not_a_crash():
     """Connection refused on every request: counted as errors, the point still completes."""
-    from bench.servers import free_port
+    from serve_app.run_local import free_port
 
     t = loadgen.Target(f"http://127.0.0.1:{free_port()}", "completions", new_tokens=4)
     s = loadgen.run_point(t, concurrency=2, requests=3, warmup=1, timeout_s=5.0)

@@ -9,6 +9,7 @@ import json
 import pytest
 import yaml
 
+from serve_app.run_local import free_port
 from tests.k8s_fixtures import wait_for
 
 from .chart_utils import CHART, ROOT, helm
@@ -166,14 +167,6 @@ def test_plain_manifests_apply_cleanly(kubectl):
         assert not exists(kubectl, kind, name)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_operator_works_with_only_the_charts_rbac(kubeconfig, kubectl, namespace, tmp_path):
     """Run the operator with the Deployment's own command line, authenticated as the chart's ServiceAccount
     (a TokenRequest token): its health endpoint answers, and it turns the TextGenService from values into a
@@ -185,7 +178,7 @@ def test_operator_works_with_only_the_charts_rbac(kubeconfig, kubectl, namespace
 
     release = f"to-{namespace}"
     fullname = f"{release}-textgen-operator"
-    port = _free_port()
+    port = free_port()
     proc = None
     try:
         helm("install", release, str(CHART), "--kubeconfig", kubeconfig, "--namespace", namespace,

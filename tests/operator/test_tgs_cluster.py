@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from textgen_operator.builder import build_rayservice, worker_bounds
 from textgen_operator.spec import TextGenServiceSpec
 from tgs_common import GOLDEN_DIR, ROOT, RULE_CASES, SAMPLES
 
+from serve_app.run_local import free_port
 from tests.k8s_fixtures import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -330,15 +330,9 @@ def test_deleting_the_textgenservice_removes_rayservice_and_raycluster(api, name
         assert get_tgs(api, namespace, name) is None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_python_dash_m_runs_the_operator_with_liveness(api, kubeconfig, namespace, crd_installed):
     """The way the image runs it: a subprocess with --namespace, a liveness endpoint and JSON logs."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "KUBECONFIG": kubeconfig,
            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(

@@ -1,21 +1,16 @@
 """Fixtures of the serving tests: the stand-in models and one real local Ray + Serve per module."""
 
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from serve_app.run_local import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / ".models"
 TINY = MODELS / "gpt2-tiny-random-init"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 

@@ -12,7 +12,9 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import free_port, wait_for
+from serve_app.run_local import free_port
+
+from .conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]

@@ -39,6 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
+from bench.machine import cpu_info  # noqa: E402  (the CPU flags go with every measurement)
 from serve_app.engine import GenerationEngine, GenerationRequest  # noqa: E402
 
 
@@ -176,7 +177,8 @@ def main() -> None:
     concs = [int(c) for c in a.concurrency.split(",")]
     env = dict(cpus=os.cpu_count(), threads=threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
                torch=torch.__version__, machine=platform.processor() or platform.machine(),
-               loadavg=os.getloadavg()[0], new_tokens=a.new_tokens, n_layer=cfg.n_layer, jitter=a.jitter)
+               loadavg=os.getloadavg()[0], new_tokens=a.new_tokens, n_layer=cfg.n_layer, jitter=a.jitter,
+               cpu=cpu_info())
     print(json.dumps({"env": env}), flush=True)
     rows = []
     for variant in a.variants.split(","):

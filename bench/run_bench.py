@@ -1,4 +1,4 @@
-"""The whole benchmark: baseline, peer and ours, side by side on this machine, then one JSON file.
+"""The whole benchmark: baseline, transformers serve, vLLM CPU and ours, side by side here, then one JSON file.
 
     python -m bench.run_bench                      # the full sweep (what `make bench` runs)
     python -m bench.run_bench --smoke              # tiny model, few requests (`make bench-smoke`)
@@ -7,7 +7,8 @@ Systems, started one at a time (never two at once, so each has the machine to it
 
 1. ``baseline``: FastAPI + uvicorn + a transformers pipeline (``bench/baseline_app.py``);
 2. ``peer``: ``transformers serve --continuous-batching --device cpu <model dir>``;
-3. ``textgen-<N>``: our serve app on Ray Serve with N model replicas, for N in ``--replicas``
+3. ``vllm``: vLLM's CPU backend, its OpenAI server from its own venv (``bench/peer_vllm.py``; ``--no-vllm``);
+4. ``textgen-<N>``: our serve app on Ray Serve with N model replicas, for N in ``--replicas``
    (default: 1 and the CPU count, "as many replicas as the cores allow").
 
 Same weights, same prompts (``bench/prompts.txt``, in the same order), same number of new tokens
@@ -19,7 +20,10 @@ the load runs.
 
 The headline: generated tokens/s at the highest concurrency, ``ratio`` = ours / baseline and
 ``peer_ratio`` = ours / peer, where "ours" is the textgen configuration with the highest tokens/s
-at that concurrency (all of its numbers are reported, not the best per column).
+at that concurrency (all of its numbers are reported, not the best per column); ``bench/headline.py``.
+Each OpenAI-style server first answers one greedy request that is compared with transformers' float32
+greedy text (``bench/greedy_check.py``). Then, unless ``--no-engine-offline``, the engines alone
+(``bench/engine_offline.py``: ours vs OpenVINO GenAI, 32 sequences at once) give ``engine_offline``.
 """
 
 from __future__ import annotations
@@ -28,14 +32,18 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from bench import loadgen
+from bench import greedy_check, loadgen
+from bench.headline import headline, point_at  # noqa: F401 - re-exported for callers and tests
+from bench.machine import machine_info, versions
+from bench.peer_vllm import DEFAULT_ARGS as DEFAULT_VLLM_ARGS
+from bench.peer_vllm import venv_python, vllm_spec
 from bench.servers import Server, ServerSpec, baseline_spec, peer_spec, textgen_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,43 +75,6 @@ def model_name(model_dir: Path) -> str:
         except ValueError:
             pass
     return Path(model_dir).name
-
-
-def machine_info(shared_note: Optional[str]) -> dict:
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        import psutil
-
-        mem_gib = round(psutil.virtual_memory().total / 2**30, 1)
-    except Exception:  # noqa: BLE001
-        pass
-    return {
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "memory_gib": mem_gib,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "note": shared_note or "",
-    }
-
-
-def versions() -> dict:
-    out = {}
-    for mod in ("torch", "transformers", "ray", "fastapi", "uvicorn", "httpx"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            out[mod] = None
-    return out
 
 
 class MemorySampler:
@@ -158,6 +129,7 @@ def run_system(
     timeout_s: float,
     stream: bool = True,
     log_dir: Optional[Path] = None,
+    reference: Optional[dict] = None,
 ) -> dict:
     """Start one server, sweep the concurrencies, stop it. Returns the system's result dict."""
     log_path = (log_dir / f"{spec.name}.log") if log_dir else None
@@ -188,6 +160,9 @@ def run_system(
         # One-time warm-up of the whole server (first-call allocations, lazy initialisation).
         target = loadgen.Target(spec.base_url, spec.kind, new_tokens, False, forced_tokens=spec.forced_tokens)
         loadgen.run_point(target, concurrency=1, requests=2, warmup=0, **common)
+        if reference is not None and spec.kind == "completions":
+            result["greedy_check"] = greedy_check.check_server(spec.base_url, reference, new_tokens, timeout_s)
+            say(f"{spec.name}: greedy text == transformers float32: {result['greedy_check']['matches']}")
         for c in concurrencies:
             n = requests_for(c, min_requests, per_slot)
             w = warmup_for(c)
@@ -219,8 +194,13 @@ def run_system(
     if spec.name.startswith("textgen"):
         result["dtype"] = (result.get("engine_stats") or {}).get("dtype") or (
             result.get("serve_args") or {}).get("dtype", "float32")
+    elif "--dtype" in spec.meta.get("args", []):
+        result["dtype"] = spec.meta["args"][spec.meta["args"].index("--dtype") + 1]
     else:
-        result["dtype"] = "float32"  # the weights' dtype; neither server is told otherwise
+        result["dtype"] = "float32"  # the weights' dtype; the server is not told otherwise
+    for key in ("env", "preloaded", "tcmalloc"):
+        if key in spec.meta:
+            result[key] = spec.meta[key]
     return result
 
 
@@ -228,79 +208,18 @@ def say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def point_at(system: Optional[dict], concurrency: int) -> Optional[dict]:
-    for p in (system or {}).get("points", []):
-        if p["concurrency"] == concurrency:
-            return p
-    return None
-
-
-def headline(results: dict) -> dict:
-    """Pure: the headline numbers from ``results['systems']`` (tested on synthetic results)."""
-    systems = results["systems"]
-    sweep = results["concurrency_sweep"]
-    top = max(sweep)
-
-    def tps(name: Optional[str], c: int = top) -> Optional[float]:
-        p = point_at(systems.get(name) if name else None, c)
-        return p["tokens_per_s"] if p else None
-
-    ours = [n for n in systems if n.startswith("textgen-") and point_at(systems[n], top)]
-    best = max(ours, key=lambda n: tps(n) or 0.0) if ours else None
-
-    def summary(name: Optional[str]) -> Optional[dict]:
-        if not name or not point_at(systems.get(name), top):
-            return None
-        s = systems[name]
-        return {
-            "system": name,
-            "label": s["label"],
-            "replicas": s.get("replicas", 1),
-            "dtype": s.get("dtype", "float32"),
-            "tokens_per_s": tps(name),
-            "tokens_per_s_by_concurrency": {str(c): tps(name, c) for c in sweep},
-            "p50_latency_s_by_concurrency": {
-                str(c): (point_at(s, c) or {}).get("latency_s", {}).get("p50") for c in sweep
-            },
-        }
-
-    def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
-        return round(a / b, 2) if a is not None and b else None
-
-    base, peer, ours_s = summary("baseline"), summary("peer"), summary(best)
-    low = min(sweep)
-    p50_base = (point_at(systems.get("baseline"), low) or {}).get("latency_s", {}).get("p50")
-    p50_ours = (point_at(systems.get(best), low) or {}).get("latency_s", {}).get("p50") if best else None
-    errors = 0
-    for s in systems.values():
-        for p in s.get("points", []):
-            errors += p["errors"] + ((p.get("stream") or {}).get("errors") or 0)
-    failed = sorted(n for n, s in systems.items() if s.get("failed"))
-    out = {
-        "baseline": base,
-        "peer": peer,
-        "textgen": ours_s,
-        "ratio": ratio(tps(best), tps("baseline")) if best else None,
-        "peer_ratio": ratio(tps(best), tps("peer")) if best else None,
-        "p50_latency_low_concurrency": {
-            "concurrency": low,
-            "baseline_s": p50_base,
-            "textgen_s": p50_ours,
-            "ratio": ratio(p50_ours, p50_base),
-        },
-        "errors_total": errors,
-        "failed_systems": failed,
-    }
-    out["goals"] = {
-        "tokens_per_s_10x_baseline": out["ratio"] is not None and out["ratio"] >= 10.0,
-        "tokens_per_s_1_5x_peer": out["peer_ratio"] is not None and out["peer_ratio"] >= 1.5,
-        "p50_low_concurrency_within_1_1x_baseline": (
-            out["p50_latency_low_concurrency"]["ratio"] is not None
-            and out["p50_latency_low_concurrency"]["ratio"] <= 1.1
-        ),
-        "no_errors": errors == 0 and not failed,
-    }
-    return out
+def run_engine_offline(model_dir: Path, new_tokens: int, log_dir: Path, no_openvino: bool) -> dict:
+    """The engines-alone stage in a process of its own (ours, then OpenVINO from its venv): its headline block."""
+    out = log_dir / "engine_offline.json"
+    cmd = [sys.executable, "-m", "bench.engine_offline", "--model-dir", str(model_dir),
+           "--new-tokens", str(new_tokens), "--json", str(out)] + (["--no-openvino"] if no_openvino else [])
+    say(f"engines alone: {' '.join(cmd[1:])}")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    say(proc.stdout.strip()[-2000:])
+    if not out.is_file():
+        return {"error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
+    report = json.loads(out.read_text())
+    return {**report["engine_offline"], "greedy_vs_transformers_fp32": report["greedy_vs_transformers_fp32"]}
 
 
 def parse_int_list(text: str) -> list[int]:
@@ -314,7 +233,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--model-dir", type=Path, default=None)
     p.add_argument("--new-tokens", type=int, default=None)
     p.add_argument("--concurrency", default=None, help="comma-separated sweep (default 1,8,32)")
-    p.add_argument("--systems", default="baseline,peer,textgen", help="which of baseline,peer,textgen to run")
+    p.add_argument("--systems", default="baseline,peer,vllm,textgen",
+                   help="which of baseline,peer,vllm,textgen to run")
+    p.add_argument("--no-vllm", action="store_true", help="skip vLLM (no venv: `make bench BENCH_VLLM=0`)")
+    p.add_argument("--vllm-args", default=DEFAULT_VLLM_ARGS, help="flags for vLLM's OpenAI server")
+    p.add_argument("--no-engine-offline", action="store_true",
+                   help="skip the engines-alone stage (ours vs OpenVINO GenAI, bench/engine_offline.py)")
+    p.add_argument("--no-openvino", action="store_true", help="engines-alone stage without OpenVINO (ours only)")
     p.add_argument("--replicas", default=None, help="textgen replica counts (default: 1 and the CPU count)")
     p.add_argument("--min-requests", type=int, default=None, help="measured requests per point, at least")
     p.add_argument("--per-slot", type=int, default=2, help="measured requests per concurrent slot")
@@ -351,7 +276,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     log_dir = a.log_dir or (out.parent if not a.smoke else out.parent / "logs")
     log_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {s.strip() for s in a.systems.split(",") if s.strip()}
+    wanted = {s.strip() for s in a.systems.split(",") if s.strip()} - ({"vllm"} if a.no_vllm else set())
     prompts = loadgen.load_prompts()
 
     specs: list[ServerSpec] = []
@@ -359,6 +284,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         specs.append(baseline_spec(str(model_dir), new_tokens))
     if "peer" in wanted:
         specs.append(peer_spec(str(model_dir), extra_args=a.peer_args.split()))
+    if "vllm" in wanted and a.smoke and not venv_python().is_file():
+        say(f"vllm: no venv at {venv_python()}, skipped in the smoke run (`make vllm-venv`)")
+    elif "vllm" in wanted:
+        specs.append(vllm_spec(str(model_dir), model_name(model_dir), cpus=cpus, extra_args=a.vllm_args.split()))
     if "textgen" in wanted:
         for r in replicas:
             specs.append(textgen_spec(str(model_dir), replicas=r, cpus=cpus, app_args=json.loads(a.textgen_args)))
@@ -388,18 +317,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         say(f"WARNING: load average {load1:.1f} on {cpus} CPUs before starting: other work is running, "
             "the numbers will be low and noisy (recorded in machine.load_avg_at_start)")
     t0 = time.monotonic()
+    reference = greedy_check.reference_completion(str(model_dir), prompts[0], new_tokens)
+    results["greedy_reference"] = {"prompt": reference["prompt"], "tokens": len(reference["token_ids"]),
+                                   "by": "transformers generate(do_sample=False), float32, in the harness"}
     for spec in specs:
         results["systems"][spec.name] = run_system(
             spec, model_dir=model_dir, concurrencies=sweep, new_tokens=new_tokens, prompts=prompts,
             min_requests=min_requests, per_slot=per_slot, timeout_s=a.timeout, stream=not a.no_stream,
-            log_dir=log_dir,
+            log_dir=log_dir, reference=reference,
         )
+    if not a.smoke and not a.no_engine_offline:
+        results["engine_offline"] = run_engine_offline(model_dir, new_tokens, log_dir, no_openvino=a.no_openvino)
     results["duration_s"] = round(time.monotonic() - t0, 1)
     results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results.update(headline(results))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     say(f"wrote {out} in {results['duration_s']:.0f} s: ratio {results['ratio']}, peer_ratio {results['peer_ratio']}, "
+        f"vllm_ratio {results['vllm_ratio']}, engine_offline {results.get('engine_offline')}, "
         f"errors {results['errors_total']}, failed {results['failed_systems']}")
     from bench import report
 

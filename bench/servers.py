@@ -72,6 +72,7 @@ class ServerSpec:
     startup_timeout_s: float = 600.0
     replicas: int = 1
     meta: dict = field(default_factory=dict)
+    replica_mark: Optional[str] = None  # command-line mark of the process holding the model, if not the root
 
     @property
     def base_url(self) -> str:
@@ -252,11 +253,12 @@ class Server:
 
     def replica_processes(self) -> list[psutil.Process]:
         tree = self._tree()
-        if self.spec.name.startswith("textgen"):
+        mark = REPLICA_MARK if self.spec.name.startswith("textgen") else self.spec.replica_mark
+        if mark:
             out = []
             for p in tree:
                 try:
-                    if REPLICA_MARK in " ".join(p.cmdline()):
+                    if mark in " ".join(p.cmdline()):
                         out.append(p)
                 except psutil.Error:
                     pass

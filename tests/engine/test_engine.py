@@ -18,6 +18,8 @@ from serve_app.engine import (
     native_bf16,
     resolve_dtype,
 )
+from serve_app.engine.gpt2_runner import GPT2Runner
+from serve_app.engine.model_runner import StepInputs
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [[1, 2, 3], [7, 8, 9, 10, 11, 12], [500], [42, 17, 256, 3, 3, 911, 64, 5, 80, 13, 2, 700, 1]]
@@ -279,16 +281,12 @@ def test_bfloat16_agrees_with_float32(make_engine):
     """
     model = make_model(seed=2, n_layer=4, n_embd=256, n_head=4, vocab_size=50257, n_positions=1024,
                        bos_token_id=50256, eos_token_id=50256, initializer_range=0.02)
-    e32 = make_engine(model, max_batch_size=8)
-    e16 = make_engine(model, max_batch_size=8, dtype="bfloat16")
-    e32.shutdown(), e16.shutdown()  # use the forward passes directly, same inputs
+    r32, r16 = (GPT2Runner(model, dtype=d, max_slots=8) for d in ("float32", "bfloat16"))  # same inputs to both
     g = torch.Generator().manual_seed(9)
     prompts = [torch.randint(0, 50256, (12,), generator=g).tolist() for _ in range(8)]
     with torch.inference_mode():
-        l32 = e32._prefill(0, prompts, [12] * 8)
-        l16 = e16._prefill(0, prompts, [12] * 8)
-        d32 = e32._decode(8, [5] * 8, [12] * 8)
-        d16 = e16._decode(8, [5] * 8, [12] * 8)
+        l32, l16 = (r.forward(StepInputs([], [], prompts, 0)) for r in (r32, r16))
+        d32, d16 = (r.forward(StepInputs([5] * 8, [12] * 8, [], 8)) for r in (r32, r16))
     for a, b in ((l32, l16), (d32, d16)):
         tol = 0.10 * a.std().item()
         err = (a - b).abs().max().item()
@@ -374,3 +372,13 @@ def test_bfloat16_quality_guard_on_the_served_124m_weights(make_engine, stand_in
         assert gap <= 0.05 * logits.std().item(), f"bf16 departs at a clear choice (gap {gap:.4f})"
         assert top2.indices.tolist() == [a[k], b[k]], "bf16 took a token that is not float32's runner-up"
     assert identical >= 12, f"only {identical}/16 bf16 continuations equal float32"
+
+
+def test_our_runner_matches_the_stock_transformers_runner(tiny_model, make_engine):
+    """A/B through the same engine: our batched GPT-2 pass vs the stock transformers model (one row at a time,
+    its own cache), requests joining and leaving a shared batch: the same greedy tokens."""
+    prompts = PROMPTS * 2
+    ours = greedy_all(make_engine(tiny_model, max_batch_size=3), prompts, 25)
+    stock = greedy_all(make_engine(tiny_model, max_batch_size=3, runner="transformers"), prompts, 25)
+    assert ours == stock
+    assert all(len(o) == 25 for o in ours)

@@ -1,0 +1,170 @@
+"""`GPT2Runner`: our GPT-2 forward pass over a loaded Hugging Face ``GPT2LMHeadModel``'s weights (the same
+tensors, no copy in float32), on a slot-based `KVCache`.
+
+One pass serves a whole step: decode rows (one token each, attention over their slots' cache) and right-padded
+prompts (causal attention within each prompt) share every matmul, so the weights are read once per step. Logits
+are computed for decode rows and each prompt's last position only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from serve_app.engine.kv_cache import KVCache
+from serve_app.engine.linear import Linear
+from serve_app.engine.model_runner import StepInputs
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def check_supported(model: torch.nn.Module) -> None:
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) != "gpt2":
+        raise TypeError(f"GPT2Runner supports GPT-2 (model_type 'gpt2'), got {getattr(cfg, 'model_type', None)!r}")
+    if getattr(cfg, "add_cross_attention", False):
+        raise TypeError("cross-attention GPT-2 variants are not supported")
+    if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu"):
+        raise TypeError(f"unsupported activation {cfg.activation_function!r}")
+    if next(model.parameters()).device.type != "cpu":
+        raise TypeError("GPT2Runner runs on CPU; move the model to CPU first")
+
+
+class Block:
+    """One transformer block's weights."""
+
+    def __init__(self, blk: torch.nn.Module, scale: float, cdt: torch.dtype, packed_batch: int):
+        def lin(conv) -> Linear:
+            return Linear(conv.weight, conv.bias, cdt, packed_batch)
+
+        self.ln1 = (blk.ln_1.weight.detach(), blk.ln_1.bias.detach())
+        self.attn = lin(blk.attn.c_attn)
+        self.proj = lin(blk.attn.c_proj)
+        self.ln2 = (blk.ln_2.weight.detach(), blk.ln_2.bias.detach())
+        self.fc = lin(blk.mlp.c_fc)
+        self.mlp_proj = lin(blk.mlp.c_proj)
+        self.scale = scale
+
+
+class GPT2Runner:
+    """Parameters: ``dtype`` "float32" (exact: HF's math) or "bfloat16" (oneDNN packed matmuls; numerics change);
+    ``max_slots`` KV-cache slots (the engine's max_batch_size); ``max_context`` positions per request (at most
+    n_positions); ``attention`` "auto", "sdpa" or "matmul" for decode rows (auto: what measured fastest for the
+    dtype, bench/ENGINE.md)."""
+
+    def __init__(self, model: torch.nn.Module, *, dtype: str = "float32", max_slots: int = 16,
+                 max_context: int = 1024, attention: str = "auto", initial_cache_tokens: int = 256):
+        check_supported(model)
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPES)}, got {dtype!r}")
+        if attention not in ("auto", "sdpa", "matmul"):
+            raise ValueError("attention must be 'auto', 'sdpa' or 'matmul'")
+        cfg = model.config
+        tr = model.transformer
+        self.dtype = dtype
+        self.cdt = cdt = TORCH_DTYPES[dtype]
+        self.attention = attention if attention != "auto" else ("matmul" if dtype == "float32" else "sdpa")
+        self.vocab_size = cfg.vocab_size
+        self.eos_token_id = cfg.eos_token_id
+        self.max_context = int(min(max_context, cfg.n_positions))
+        self.n_embd, self.n_head = cfg.n_embd, cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.eps = cfg.layer_norm_epsilon
+        self.wte = tr.wte.weight.detach().float()  # [V, E]; embedding lookups stay fp32
+        self.wpe = tr.wpe.weight.detach().float()
+        head = getattr(model, "lm_head", None)
+        lm = head.weight if head is not None else tr.wte.weight  # [V, E]; tied to wte for GPT-2
+        self.lm_head = Linear(lm.t(), getattr(head, "bias", None), cdt, max_slots)
+        self.ln_f = (tr.ln_f.weight.detach(), tr.ln_f.bias.detach())
+        self.blocks = []
+        for i, blk in enumerate(tr.h):
+            scale = 1.0 / math.sqrt(self.head_dim) if cfg.scale_attn_weights else 1.0
+            if cfg.scale_attn_by_inverse_layer_idx:
+                scale /= float(i + 1)
+            self.blocks.append(Block(blk, scale, cdt, max_slots))
+        self.cache = KVCache(n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=self.head_dim, dtype=cdt,
+                             max_slots=max_slots, max_tokens=self.max_context, initial_tokens=initial_cache_tokens)
+
+    # ------------------------------------------------------------------ ModelRunner
+    def move_slot(self, src: int, dst: int, tokens: int) -> None:
+        self.cache.move(src, dst, tokens)
+
+    def cache_info(self) -> dict[str, Any]:
+        return {"kv_cache_tokens": self.cache.tokens, "kv_cache_slots": self.cache.slots}
+
+    def forward(self, step: StepInputs) -> torch.Tensor:
+        """Logits [nd + b, V]: decode rows, then each prompt's last position."""
+        E, H, D, cdt = self.n_embd, self.n_head, self.head_dim, self.cdt
+        nd, b, base = len(step.decode_tokens), len(step.prompts), step.base
+        lens = [len(p) for p in step.prompts]
+        self.cache.ensure(max([p + 1 for p in step.decode_positions] + [n + 1 for n in lens]), base + b)
+        xs = []
+        if nd:
+            tok = torch.tensor(step.decode_tokens, dtype=torch.long)
+            pos = torch.tensor(step.decode_positions, dtype=torch.long)
+            Td = int(pos.max()) + 1
+            # rows of the cache viewed as [slots*heads*capacity, head_dim] that this step writes (index_copy_ is
+            # ~2x cheaper than advanced-index assignment here)
+            cap = self.cache.tokens
+            widx = ((torch.arange(nd)[:, None] * H + torch.arange(H)[None, :]) * cap + pos[:, None]).reshape(-1)
+            valid = torch.arange(Td)[None, :] <= pos[:, None]  # [nd, Td]
+            if self.attention == "sdpa":
+                dmask = valid[:, None, None, :]
+            else:
+                dmask = torch.zeros((nd, 1, 1, Td), dtype=cdt).masked_fill_(~valid[:, None, None, :], float("-inf"))
+            xs.append(self.wte[tok] + self.wpe[pos])
+        if b:
+            Tp = max(lens)
+            ids = torch.zeros((b, Tp), dtype=torch.long)
+            for i, p in enumerate(step.prompts):
+                ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+            lens_t = torch.tensor(lens, dtype=torch.long)
+            ar = torch.arange(Tp)
+            # query i sees keys j <= i that are real tokens (j < len); key 0 is always visible -> no empty rows
+            pmask = ((ar[None, :] <= ar[:, None])[None] & (ar[None, None, :] < lens_t[:, None, None]))[:, None]
+            xs.append((self.wte[ids] + self.wpe[:Tp]).reshape(b * Tp, E))
+        x = xs[0] if len(xs) == 1 else torch.cat(xs)
+        for li, L in enumerate(self.blocks):
+            h = F.layer_norm(x, (E,), *L.ln1, self.eps).to(cdt)
+            qkv = L.attn(h)  # [rows, 3E]
+            kc, vc = self.cache.layer(li)
+            outs = []
+            if nd:
+                q, k, v = qkv[:nd].view(nd, 3, H, D).unbind(1)  # [nd, H, D]
+                kc.view(-1, D).index_copy_(0, widx, k.reshape(nd * H, D))
+                vc.view(-1, D).index_copy_(0, widx, v.reshape(nd * H, D))
+                K, V = kc[:nd, :, :Td], vc[:nd, :, :Td]  # views of the cache, no copy
+                q = q.unsqueeze(2)  # [nd, H, 1, D]
+                if self.attention == "sdpa":
+                    o = F.scaled_dot_product_attention(q, K, V, attn_mask=dmask, scale=L.scale)
+                else:
+                    att = torch.matmul(q, K.transpose(-1, -2)) * L.scale + dmask
+                    o = torch.matmul(torch.softmax(att, dim=-1), V)
+                outs.append(o.reshape(nd, E))
+            if b:
+                q, k, v = qkv[nd:].view(b, Tp, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # [b, H, Tp, D]
+                kc[base: base + b, :, :Tp] = k
+                vc[base: base + b, :, :Tp] = v
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=pmask, scale=L.scale)
+                outs.append(o.transpose(1, 2).reshape(b * Tp, E))
+            o = outs[0] if len(outs) == 1 else torch.cat(outs)
+            x = x + L.proj(o.to(cdt)).float()
+            h = F.layer_norm(x, (E,), *L.ln2, self.eps).to(cdt)
+            x = x + L.mlp_proj(L.fc(h, gelu=True)).float()
+        if b:
+            last = x[nd:].view(b, Tp, E)[torch.arange(b), lens_t - 1]
+            x = last if not nd else torch.cat([x[:nd], last])
+        h = F.layer_norm(x, (E,), *self.ln_f, self.eps).to(cdt)
+        return self.lm_head(h).float()
+
+    def warmup(self, max_batch: int) -> None:
+        """A few tiny passes so the first request does not pay kernel set-up."""
+        with torch.inference_mode():
+            for n in sorted({1, min(2, max_batch)}):
+                self.forward(StepInputs([], [], [[0, 1, 2, 3]] * n, 0))
+                self.forward(StepInputs([4] * n, [4] * n, [], n))
+            if max_batch >= 2:
+                self.forward(StepInputs([4], [4], [[0, 1, 2, 3]], 1))

@@ -1,0 +1,66 @@
+"""Linear layers for the GPT-2 runner: ``x @ W + b`` with W given as [in, out] (HF's Conv1D layout)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+def gelu_new(x: torch.Tensor) -> torch.Tensor:
+    # gelu_new exactly as transformers computes it (keeps greedy tokens identical to HF in float32).
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def row_bucket(m: int) -> int:
+    """Row count a oneDNN matmul runs at: exact up to 8, then multiples of 16, then of 64 past 256."""
+    if m <= 8:
+        return m
+    if m <= 256:
+        return (m + 15) // 16 * 16
+    return (m + 63) // 64 * 64
+
+
+class Linear:
+    """float32: ``torch.addmm`` on the model's own tensor (no copy, bit-for-bit HF's math). bfloat16: the weight is
+    cast and pre-packed once for oneDNN (AMX on CPUs that have it; ``packed_batch`` is a layout hint, any batch
+    size works), with the tanh-GELU fused into the matmul for the MLP; plain ``F.linear`` if oneDNN is missing.
+    """
+
+    def __init__(self, w_in_out: torch.Tensor, bias: torch.Tensor | None, cdt: torch.dtype, packed_batch: int):
+        self.cdt = cdt
+        w_in_out = w_in_out.detach()
+        self.b = None if bias is None else bias.detach().to(cdt)
+        if cdt == torch.float32:
+            self.kind, self.w = "addmm", w_in_out.float()
+            return
+        wt = w_in_out.t().to(cdt).contiguous()  # [out, in]
+        self.kind, self.w = "linear", wt
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(wt, batch_size=packed_batch)
+            probe = torch.zeros(2, wt.shape[1], dtype=cdt)
+            torch.ops.mkldnn._linear_pointwise(probe, packed, self.b, "none", [], "")
+            self.kind, self.w = "dnnl", packed
+        except Exception:  # pragma: no cover - torch built without oneDNN
+            log.info("oneDNN packed linear unavailable; using F.linear for %s", cdt)
+
+    def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        if self.kind == "addmm":
+            y = torch.mm(x, self.w) if self.b is None else torch.addmm(self.b, x, self.w)
+        elif self.kind == "dnnl":
+            # oneDNN builds (JITs) a kernel per new row count M (~1.5 ms per weight shape, measured); mixed
+            # decode+prefill steps produce many distinct M, so pad M up to a few buckets to reuse kernels.
+            m = x.shape[0]
+            mp = row_bucket(m)
+            if mp != m:
+                x = torch.cat([x, x.new_zeros(mp - m, x.shape[1])])
+            y = torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "gelu" if gelu else "none", [],
+                                                   "tanh" if gelu else "")
+            return y if mp == m else y[:m]
+        else:
+            y = F.linear(x, self.w, self.b)
+        return gelu_new(y) if gelu else y

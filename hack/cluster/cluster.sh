@@ -10,6 +10,11 @@
 #
 # State lives in $CLUSTER_DIR (default .cluster/): kubeconfig, pki/, etcd/, logs/, pids/, ports.env.
 # Ports are picked free at every `up` (several clones can run side by side).
+#
+# Node mode (CLUSTER_NODE_IP=<the host's non-loopback IP>, set by hack/node/node.sh): the API server also serves
+# a real kubelet: it listens on all addresses (pods reach it through the `kubernetes` Service, whose endpoint is
+# the node IP), authorizes nodes (Node,RBAC + NodeRestriction) and has a client certificate for kubelets (logs,
+# exec, port-forward). `up` restarts a cluster that runs in the other mode.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,6 +24,7 @@ STATE="${CLUSTER_DIR:-$ROOT/.cluster}"
 PY="${PY:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 KUBECONFIG_OUT="$STATE/kubeconfig"
+NODE_IP="${CLUSTER_NODE_IP:-}"
 PIDS="$STATE/pids"
 LOGS="$STATE/logs"
 PKI="$STATE/pki"
@@ -125,13 +131,16 @@ make_pki() {
       rm -f "$1.csr"
     }
     sign apiserver "/CN=kube-apiserver" \
-      "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n"
+      "subjectAltName=IP:127.0.0.1,${NODE_IP:+IP:$NODE_IP,}DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n"
     # system:masters: cluster-admin for the user, the controller manager and the KubeRay operator.
     sign admin "/O=system:masters/CN=textgen-admin" \
       "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
     # The aggregation layer's client (and the requestheader CA that controllers read from
     # kube-system/extension-apiserver-authentication).
     sign front-proxy-client "/CN=front-proxy-client" \
+      "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
+    # The API server's client certificate towards kubelets (node mode).
+    sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" \
       "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
     # Service-account token signing key (ES256).
     openssl ecparam -name prime256v1 -genkey -noout -out sa.key 2>/dev/null
@@ -180,6 +189,8 @@ kuberay_ready() { [ "$(curl -sS --max-time 3 "http://127.0.0.1:$KUBERAY_PROBE_PO
 
 all_running() {
   local c
+  # Running in the other mode (with or without a node) counts as not running: `up` restarts it.
+  [ "$(unset CLUSTER_NODE_IP; . "$STATE/ports.env" 2>/dev/null; echo "${CLUSTER_NODE_IP:-}")" = "$NODE_IP" ] || return 1
   for c in "${COMPONENTS[@]}"; do [ -n "$(pid_of "$c")" ] || return 1; done
   api_ready && kcm_ready && kuberay_ready
 }
@@ -250,6 +261,7 @@ API_PORT=$API_PORT
 KCM_PORT=$KCM_PORT
 KUBERAY_METRICS_PORT=$KUBERAY_METRICS_PORT
 KUBERAY_PROBE_PORT=$KUBERAY_PROBE_PORT
+CLUSTER_NODE_IP=$NODE_IP
 EOF
   write_kubeconfig "$API_PORT"
 
@@ -261,9 +273,17 @@ EOF
     --unsafe-no-fsync=true --quota-backend-bytes=1073741824 --log-level=warn
   wait_for etcd 30 etcd_ready || die "etcd did not become healthy"
 
+  local mode_args=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --authorization-mode=RBAC
+                   --endpoint-reconciler-type=none)
+  if [ -n "$NODE_IP" ]; then
+    mode_args=(--bind-address=0.0.0.0 --advertise-address="$NODE_IP" --authorization-mode=Node,RBAC
+               --endpoint-reconciler-type=lease --enable-admission-plugins=NodeRestriction
+               --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
+               --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
+               --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=InternalIP)
+  fi
   start_component kube-apiserver \
-    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" "${mode_args[@]}" --secure-port="$API_PORT" \
     --cert-dir="$PKI" --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
@@ -273,8 +293,7 @@ EOF
     --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
     --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
-    --authorization-mode=RBAC --allow-privileged=true \
-    --endpoint-reconciler-type=none --profiling=false
+    --allow-privileged=true --profiling=false
   wait_for kube-apiserver 120 api_ready || die "kube-apiserver did not become ready"
 
   start_component kube-controller-manager \

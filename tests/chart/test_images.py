@@ -55,8 +55,8 @@ def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
         if instr == "ARG":
             name, _, default = rest.partition("=")
             scope = stages[-1].instructions if stages else None
-            if scope is None:
-                global_args[name] = default
+            if scope is None:  # a global default may use earlier global ARGs (RAY_IMAGE uses RAY_VERSION)
+                global_args[name] = re.sub(r"\$\{(\w+)\}", lambda m: global_args.get(m.group(1), m.group(0)), default)
             else:
                 scope.append((instr, rest))
         elif instr == "FROM":
@@ -173,7 +173,9 @@ def test_serve_image_versions_match_the_operator_and_pyproject():
     assert args["TORCH_VERSION"] == pins["torch"]
     assert args["TRANSFORMERS_VERSION"] == pins["transformers"]
     runs = "\n".join(rest for instr, rest in final.instructions if instr == "RUN")
-    assert 'pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"' in runs
+    # Users get CPU-only torch from PyTorch's CPU index unless they override the build arg.
+    assert args["TORCH_INDEX_ARGS"] == '"--index-url https://download.pytorch.org/whl/cpu"'
+    assert 'pip install ${TORCH_INDEX_ARGS} "torch==${TORCH_VERSION}"' in runs
     assert '"ray[serve]==${RAY_VERSION}"' in runs and '"transformers==${TRANSFORMERS_VERSION}"' in runs
     # The Python of the base (py311) is the project's: the venv that runs the tests is 3.11 too.
     import sys
@@ -190,7 +192,10 @@ def test_serve_image_bakes_gpt2_and_the_app():
     assert "snapshot_download(" in body and "model.safetensors" in body and '"/models/gpt2"' in body
     final = stages[-1]
     copies = [rest for instr, rest in final.instructions if instr == "COPY"]
-    assert any(c.startswith("--from=weights") and "/models" in c for c in copies)
+    # /models comes from the Hub stage unless a build selects the local-directory stage (hack/node/images.sh).
+    assert global_args["WEIGHTS_STAGE"] == "weights"
+    assert next(s for s in stages if s.name == "weights-selected").image == "weights"
+    assert any(c.startswith("--from=weights-selected") and "/models" in c for c in copies)
     assert any("serve_app/ /home/ray/app/serve_app/" in c for c in copies)
     env = " ".join(rest for instr, rest in final.instructions if instr == "ENV")
     assert "PYTHONPATH=/home/ray/app" in env and "HF_HOME=/models/hf" in env

@@ -50,7 +50,8 @@ class Block:
 
 
 class GPT2Runner:
-    """Parameters: ``dtype`` "float32" (exact: HF's math) or "bfloat16" (oneDNN packed matmuls; numerics change);
+    """Parameters: ``dtype`` "float32" (HF's math up to summation order: the tests check greedy tokens equal HF's) or
+    "bfloat16" (numerics change, quality-guarded);
     ``max_slots`` KV-cache slots (the engine's max_batch_size); ``max_context`` positions per request (at most
     n_positions); ``attention`` "auto", "sdpa" or "matmul" for decode rows (auto: what measured fastest for the
     dtype, bench/ENGINE.md)."""

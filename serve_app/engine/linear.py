@@ -26,27 +26,29 @@ def row_bucket(m: int) -> int:
 
 
 class Linear:
-    """float32: ``torch.addmm`` on the model's own tensor (no copy, bit-for-bit HF's math). bfloat16: the weight is
-    cast and pre-packed once for oneDNN (AMX on CPUs that have it; ``packed_batch`` is a layout hint, any batch
-    size works), with the tanh-GELU fused into the matmul for the MLP; plain ``F.linear`` if oneDNN is missing.
+    """The weight is pre-packed once for oneDNN in the compute dtype (float32 or bfloat16; AMX on CPUs that have
+    it; ``packed_batch`` is a layout hint, any batch size works), with the tanh-GELU fused into the MLP's first
+    matmul. Why packed in float32 too: unpacked ``addmm`` re-packs the weight on every call once a step has more
+    than one row, so a decode step at batch 8 cost 2.5x batch 1; packed it costs 1.2-1.4x (bench/ENGINE.md).
+    ``torch.addmm`` on the model's own tensor (float32) / ``F.linear`` (bfloat16) where oneDNN is missing.
     """
 
     def __init__(self, w_in_out: torch.Tensor, bias: torch.Tensor | None, cdt: torch.dtype, packed_batch: int):
         self.cdt = cdt
         w_in_out = w_in_out.detach()
         self.b = None if bias is None else bias.detach().to(cdt)
-        if cdt == torch.float32:
-            self.kind, self.w = "addmm", w_in_out.float()
-            return
         wt = w_in_out.t().to(cdt).contiguous()  # [out, in]
-        self.kind, self.w = "linear", wt
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(wt, batch_size=packed_batch)
             probe = torch.zeros(2, wt.shape[1], dtype=cdt)
             torch.ops.mkldnn._linear_pointwise(probe, packed, self.b, "none", [], "")
             self.kind, self.w = "dnnl", packed
         except Exception:  # pragma: no cover - torch built without oneDNN
-            log.info("oneDNN packed linear unavailable; using F.linear for %s", cdt)
+            log.info("oneDNN packed linear unavailable; using %s", cdt)
+            if cdt == torch.float32:
+                self.kind, self.w = "addmm", w_in_out.float()
+            else:
+                self.kind, self.w = "linear", wt
 
     def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
         if self.kind == "addmm":

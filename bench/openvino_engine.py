@@ -55,6 +55,14 @@ def run_batch(pipe, ov, ov_genai, prompt_ids: list[list[int]], new_tokens: int) 
     return wall, [list(r.m_generation_ids[0]) for r in results]
 
 
+def rss_mib() -> float:
+    """This process's resident memory now (weights, KV cache, compiled kernels), from /proc."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", required=True)
@@ -115,6 +123,7 @@ def main(argv=None) -> int:
         "batch1_latency_all_s": [round(w, 3) for w in single_walls],
         "tokens": tokens,
         "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_mib_after_runs": rss_mib(),
         "pid": os.getpid(),
     }
     text = json.dumps(out)

@@ -78,7 +78,7 @@ def vllm_spec(model_dir: str, served_name: str, *, cpus: int, port: Optional[int
         argv=vllm_argv(venv_python(venv), model_dir, served_name, port, extra),
         env=env, port=port, kind="completions", ready_path="/health", stream=True,
         startup_timeout_s=900.0,  # first start compiles/warms up kernels
-        replica_mark="EngineCore",  # the model runs in vLLM's engine-core child process (its process title)
+        replica_mark="VLLM::Worker",  # the model and KV cache live in the worker process (its process title)
         meta={"command": f"{shown_env} python -m vllm.entrypoints.openai.api_server --model <model dir> "
                          + " ".join(extra),
               "env": env, "args": extra, "preloaded": preload,

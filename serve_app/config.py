@@ -37,10 +37,11 @@ class AppArgs(BaseModel):
     torch_threads: Optional[int] = Field(
         None, ge=1, le=256, description="Torch intra-op threads (default: the replica's CPU share)."
     )
-    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+    dtype: Literal["float32", "bfloat16", "int8", "auto"] = Field(
         "float32",
-        description="Engine compute dtype. bfloat16 changes numerics (guarded by tests/engine's agreement test); "
-        "auto picks bfloat16 where the CPU has native bf16 (AMX/AVX-512 BF16), else float32.",
+        description="Engine compute dtype. bfloat16 and int8 (dynamically quantized linear layers) change numerics "
+        "(guarded by tests/engine/test_quality.py); auto picks bfloat16 where the CPU has native bf16 "
+        "(AMX/AVX-512 BF16), else float32.",
     )
 
     @model_validator(mode="after")

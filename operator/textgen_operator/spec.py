@@ -123,10 +123,11 @@ class Serving(_Obj):
     max_queued_requests: int = Field(
         64, ge=1, le=100000,
         description="Requests queued per caller before new ones are rejected with 503 (Serve max_queued_requests).")
-    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+    dtype: Literal["float32", "bfloat16", "int8", "auto"] = Field(
         "float32",
-        description="Compute dtype of the model replicas. bfloat16 changes numerics; auto picks bfloat16 only on "
-        "CPUs with native bf16 (AMX or AVX-512 BF16, e.g. m7i), float32 elsewhere (m5).",
+        description="Compute dtype of the model replicas. bfloat16 and int8 (dynamically quantized linear layers) "
+        "change numerics within quality-guarded bounds; auto picks bfloat16 only on CPUs with native bf16 (AMX or "
+        "AVX-512 BF16, e.g. m7i), float32 elsewhere (m5).",
     )
     torch_threads: Optional[int] = Field(
         None, ge=1, le=256, description="Torch intra-op threads per replica (default: the replica's CPUs).")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Names accepted for ``dtype`` -> canonical name (torch dtypes are looked up by the model runner).
-DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "int8": "int8"}
 
 
 def cpu_flags() -> frozenset[str]:

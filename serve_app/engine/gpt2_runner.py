@@ -18,7 +18,8 @@ from serve_app.engine.kv_cache import KVCache
 from serve_app.engine.linear import Linear
 from serve_app.engine.model_runner import StepInputs
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# int8: dynamically quantized linear layers (int8 weights) around float32 everything else.
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.float32}
 
 
 def check_supported(model: torch.nn.Module) -> None:
@@ -36,9 +37,9 @@ def check_supported(model: torch.nn.Module) -> None:
 class Block:
     """One transformer block's weights."""
 
-    def __init__(self, blk: torch.nn.Module, scale: float, cdt: torch.dtype, packed_batch: int):
+    def __init__(self, blk: torch.nn.Module, scale: float, cdt: torch.dtype, packed_batch: int, int8: bool):
         def lin(conv) -> Linear:
-            return Linear(conv.weight, conv.bias, cdt, packed_batch)
+            return Linear(conv.weight, conv.bias, cdt, packed_batch, int8=int8)
 
         self.ln1 = (blk.ln_1.weight.detach(), blk.ln_1.bias.detach())
         self.attn = lin(blk.attn.c_attn)
@@ -67,7 +68,7 @@ class GPT2Runner:
         tr = model.transformer
         self.dtype = dtype
         self.cdt = cdt = TORCH_DTYPES[dtype]
-        self.attention = attention if attention != "auto" else ("matmul" if dtype == "float32" else "sdpa")
+        self.attention = attention if attention != "auto" else ("sdpa" if dtype == "bfloat16" else "matmul")
         self.vocab_size = cfg.vocab_size
         self.eos_token_id = cfg.eos_token_id
         self.max_context = int(min(max_context, cfg.n_positions))
@@ -78,14 +79,15 @@ class GPT2Runner:
         self.wpe = tr.wpe.weight.detach().float()
         head = getattr(model, "lm_head", None)
         lm = head.weight if head is not None else tr.wte.weight  # [V, E]; tied to wte for GPT-2
-        self.lm_head = Linear(lm.t(), getattr(head, "bias", None), cdt, max_slots)
+        int8 = dtype == "int8"
+        self.lm_head = Linear(lm.t(), getattr(head, "bias", None), cdt, max_slots, int8=int8)
         self.ln_f = (tr.ln_f.weight.detach(), tr.ln_f.bias.detach())
         self.blocks = []
         for i, blk in enumerate(tr.h):
             scale = 1.0 / math.sqrt(self.head_dim) if cfg.scale_attn_weights else 1.0
             if cfg.scale_attn_by_inverse_layer_idx:
                 scale /= float(i + 1)
-            self.blocks.append(Block(blk, scale, cdt, max_slots))
+            self.blocks.append(Block(blk, scale, cdt, max_slots, int8))
         self.cache = KVCache(n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=self.head_dim, dtype=cdt,
                              max_slots=max_slots, max_tokens=self.max_context, initial_tokens=initial_cache_tokens)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+
+from serve_app.engine import GenerationRequest
 
 EOS = 999
 
@@ -28,3 +32,23 @@ def hf_greedy(model: GPT2LMHeadModel, prompt: list[int], max_new_tokens: int, st
                              do_sample=False, pad_token_id=model.config.eos_token_id, eos_token_id=eos)
     toks = out[0, len(prompt):].tolist()
     return toks[: toks.index(eos)] if eos is not None and eos in toks else toks
+
+
+def greedy(prompt, n, **kw) -> GenerationRequest:
+    return GenerationRequest(prompt_ids=prompt, max_new_tokens=n, temperature=0, **kw)
+
+
+def greedy_all(engine, prompts, n) -> list[list[int]]:
+    """All prompts at once through one engine: n greedy tokens each, end-of-text ignored."""
+
+    async def main():
+        return await asyncio.gather(*[engine.complete(greedy(p, n, ignore_eos=True)) for p in prompts])
+
+    return asyncio.run(main())
+
+
+async def wait_for(pred, timeout=20.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)

@@ -81,7 +81,7 @@ def test_spec_and_status_fields():
     assert cluster["nodeType"]["enum"] == list(C.NODE_TYPES)
     assert cluster["image"]["default"] == C.DEFAULT_IMAGE == "textgen-serve:0.1.0"
     assert cluster["rayVersion"]["default"] == C.RAY_VERSION == "2.60.0"
-    assert spec["serving"]["properties"]["dtype"]["enum"] == ["float32", "bfloat16", "auto"]
+    assert spec["serving"]["properties"]["dtype"]["enum"] == ["float32", "bfloat16", "int8", "auto"]
     # an absent nested object defaults to all its fields' defaults
     assert spec["autoscaling"]["default"] == {
         "enabled": False, "minReplicas": 1, "maxReplicas": 4, "targetOngoingRequests": 2.0, "upscaleDelayS": 30.0,
@@ -142,6 +142,6 @@ def test_samples_validate_against_the_crd_schema(path):
 def test_schema_rejects_out_of_range_values():
     validator = _openapi_validator()
     bad = {"apiVersion": C.API_VERSION, "kind": C.KIND, "metadata": {"name": "x"},
-           "spec": {"replicas": 0, "serving": {"dtype": "int8"}, "cluster": {"nodeType": "t2.micro"}}}
+           "spec": {"replicas": 0, "serving": {"dtype": "float16"}, "cluster": {"nodeType": "t2.micro"}}}
     errors = {e.json_path for e in validator.iter_errors(bad)}
     assert errors == {"$.spec.replicas", "$.spec.serving.dtype", "$.spec.cluster.nodeType"}

@@ -68,6 +68,9 @@ def headline(results: dict) -> dict:
     fastest_peer = min(peer_p50s, key=peer_p50s.get) if peer_p50s else None
     errors = sum(system_errors(s) for s in systems.values())
     failed = sorted(n for n, s in systems.items() if s.get("failed"))
+    eo = results.get("engine_offline") or {}
+    if eo.get("error") or eo.get("errors"):  # an engine of the engines-alone stage did not run
+        failed.append("engine_offline")
     out = {
         "baseline": summary("baseline"),
         "peer": summary("peer"),

@@ -255,9 +255,9 @@ def render_block(results: Optional[dict]) -> str:
         head.append(
             f"Numerics: the baseline, transformers serve and vLLM compute in {base.get('dtype', 'float32')} / "
             f"{peer.get('dtype', 'float32')} / {(results.get('vllm') or {}).get('dtype', '–')}, "
-            f"ours in {ours.get('dtype', 'float32')} (the serve config's "
-            "`dtype`; bfloat16 is used only where the CPU has native bf16, and its greedy tokens are checked "
-            "against float32 on the same weights by tests/engine)."
+            f"ours in {ours.get('dtype', 'float32')} (the engine's resolved `dtype`; the benchmark asks for "
+            "float32 unless told otherwise, and bfloat16, used only where the CPU has native bf16, has its greedy "
+            "tokens checked against float32 on the same weights by tests/engine)."
         )
         head.append("")
     return "\n".join(head + [

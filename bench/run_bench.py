@@ -55,6 +55,9 @@ TINY_MODEL = ROOT / ".models" / "gpt2-tiny-random-init"
 # (64 blocks of 256 tokens: 16k tokens, ~1.2 GiB for GPT-2 124M) and a batch-token budget that
 # suits a CPU; bench/README.md has the measurements behind these values.
 DEFAULT_PEER_ARGS = "--cb-num-blocks 64 --cb-max-batch-tokens 512"
+# Every system computes in float32: our users' CPUs (m5: AVX-512, no bf16, no AMX) have no native bf16, where
+# the serve config's `dtype: auto` means float32 too; on a CPU with bf16 it would pick bfloat16 for ours alone.
+DEFAULT_TEXTGEN_ARGS = '{"dtype": "float32"}'
 
 
 def requests_for(concurrency: int, minimum: int = 8, per_slot: int = 2) -> int:
@@ -245,7 +248,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--per-slot", type=int, default=2, help="measured requests per concurrent slot")
     p.add_argument("--no-stream", action="store_true", help="skip the streaming (TTFT) pass")
     p.add_argument("--peer-args", default=DEFAULT_PEER_ARGS, help="extra flags for transformers serve")
-    p.add_argument("--textgen-args", default="{}", help="JSON merged into the serve app's args")
+    p.add_argument("--textgen-args", default=DEFAULT_TEXTGEN_ARGS,
+                   help="JSON merged into the serve app's args (default: float32, like every peer; "
+                        "'{\"dtype\": \"auto\"}' keeps the serve config's choice)")
     p.add_argument("--timeout", type=float, default=900.0, help="client timeout per request, seconds")
     p.add_argument("--note", default=os.environ.get("BENCH_NOTE", ""),
                    help="free text stored with the machine info (e.g. 'machine shared with builds')")

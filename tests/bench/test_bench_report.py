@@ -99,6 +99,8 @@ def test_headline_counts_errors_and_failures():
     h = run_bench.headline(res)
     assert h["errors_total"] == 4
     assert h["peer"]["errors"] == 3 and h["textgen"]["errors"] == 1 and h["vllm"]["errors"] == 0
+    res["engine_offline"]["errors"] = {"int8": "exit 1: boom"}
+    assert run_bench.headline(res)["failed_systems"] == ["broken", "engine_offline"]
     assert h["failed_systems"] == ["broken"]
     assert h["goals"]["no_errors"] is False
 

@@ -61,20 +61,17 @@ def greedy_agreement(reference: list[list[int]], candidate: list[list[int]], eos
 def headline(report: dict) -> dict:
     """Pure: the ``engine_offline`` block of bench/results/latest.json (tokens/s at all sequences at once)."""
     ov = report.get("openvino") or {}
-    ours = report.get("ours") or {}
+    engines = {"ours": report.get("ours") or {}, "ours_int8": report.get("ours_int8") or {},
+               "openvino": ov.get("fp32") or {}, "openvino_int8": ov.get("int8") or {}}
+    errors = {k: v["error"] for k, v in engines.items() if v.get("error")}
     return {
         "sequences": report.get("sequences"),
         "new_tokens": report.get("new_tokens"),
-        "ours": ours.get("tokens_per_s"),
-        "openvino": (ov.get("fp32") or {}).get("tokens_per_s"),
-        "openvino_int8": (ov.get("int8") or {}).get("tokens_per_s"),
-        "batch1_latency_s": {
-            "ours": ours.get("batch1_latency_s"),
-            "openvino": (ov.get("fp32") or {}).get("batch1_latency_s"),
-            "openvino_int8": (ov.get("int8") or {}).get("batch1_latency_s"),
-        },
-        "dtype": {"ours": ours.get("dtype"), "openvino": "float32", "openvino_int8": "int8 weights, f32 compute"},
-        "errors": {k: v.get("error") for k, v in ov.items() if v.get("error")},
+        **{k: v.get("tokens_per_s") for k, v in engines.items()},
+        "batch1_latency_s": {k: v.get("batch1_latency_s") for k, v in engines.items()},
+        "dtype": {"ours": "float32", "ours_int8": "int8 weights, float32 activations", "openvino": "float32",
+                  "openvino_int8": "int8 weights, f32 compute"},
+        "errors": errors,
     }
 
 
@@ -89,10 +86,13 @@ async def _run_ours_batch(engine, prompt_ids, new_tokens) -> tuple[float, list[l
     return time.perf_counter() - t0, [list(t) for t in tokens]
 
 
-def measure_ours(model, prompt_ids, new_tokens: int, repeats: int, threads: int) -> dict:
+def measure_ours(model, prompt_ids, new_tokens: int, repeats: int, threads: int, dtype: str = "float32") -> dict:
     from serve_app.engine import GenerationEngine
 
-    engine = GenerationEngine(model, max_batch_size=len(prompt_ids), num_threads=threads, dtype="float32")
+    try:
+        engine = GenerationEngine(model, max_batch_size=len(prompt_ids), num_threads=threads, dtype=dtype)
+    except ValueError as exc:  # a dtype this version of the engine does not have
+        return {"error": f"{type(exc).__name__}: {exc}"}
     try:
         asyncio.run(_run_ours_batch(engine, prompt_ids, new_tokens))  # warm-up
         walls, tokens = [], None
@@ -104,7 +104,7 @@ def measure_ours(model, prompt_ids, new_tokens: int, repeats: int, threads: int)
         engine.shutdown()
     generated = sum(len(t) for t in tokens)
     return {
-        "engine": "ours: serve_app.engine.GenerationEngine", "dtype": "float32", "threads": threads,
+        "engine": "ours: serve_app.engine.GenerationEngine", "dtype": dtype, "threads": threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "max_batch_size": len(prompt_ids),
         "generated_tokens": generated, "batch_wall_s": [round(w, 3) for w in walls],
         "tokens_per_s": round(generated / statistics.mean(walls), 1),
@@ -143,6 +143,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="our torch threads (default: all cores)")
     ap.add_argument("--check-prompts", type=int, default=4, help="prompts checked against transformers' greedy")
+    ap.add_argument("--ours-int8", action=argparse.BooleanOptionalAction, default=True,
+                    help="also ours with dtype int8 (int8 weights), next to OpenVINO's int8")
     ap.add_argument("--no-openvino", action="store_true")
     ap.add_argument("--openvino-variants", default=",".join(OPENVINO_VARIANTS))
     ap.add_argument("--openvino-args", default="", help="extra flags for bench/openvino_engine.py")
@@ -169,11 +171,15 @@ def main(argv=None) -> int:
                     "versions": machine.versions()}
     print(f"[engine-offline] {a.sequences} sequences x {a.new_tokens} tokens, ours ({threads} threads)...", flush=True)
     report["ours"] = measure_ours(model, prompt_ids, a.new_tokens, a.repeats, threads)
+    if a.ours_int8:
+        print("[engine-offline] ours, int8 weights...", flush=True)
+        report["ours_int8"] = measure_ours(model, prompt_ids, a.new_tokens, a.repeats, threads, dtype="int8")
     with torch.inference_mode():
         reference = [model.generate(torch.tensor([ids]), max_new_tokens=a.new_tokens, do_sample=False,
                                     pad_token_id=eos)[0, len(ids):].tolist() for ids in prompt_ids[:a.check_prompts]]
     del model
-    checks = {"ours": greedy_agreement(reference, report["ours"]["tokens"], eos)}
+    checks = {key: greedy_agreement(reference, report[key]["tokens"], eos)
+              for key in ("ours", "ours_int8") if "tokens" in report.get(key, {})}
     report["openvino"] = {}
     if not a.no_openvino:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -187,7 +193,7 @@ def main(argv=None) -> int:
         Path(f.name).unlink(missing_ok=True)
     report["greedy_vs_transformers_fp32"] = checks
     report["engine_offline"] = headline(report)
-    for r in [report["ours"], *report["openvino"].values()]:
+    for r in [report["ours"], report.get("ours_int8", {}), *report["openvino"].values()]:
         r.pop("tokens", None)
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -200,6 +206,8 @@ def render(report: dict) -> str:
             "|---|---|---:|---:|---|"]
     checks = report.get("greedy_vs_transformers_fp32", {})
     entries = [("ours", "float32", report.get("ours") or {}, checks.get("ours"))]
+    if report.get("ours_int8"):
+        entries.append(("ours int8", "int8 weights", report["ours_int8"], checks.get("ours_int8")))
     for v, r in (report.get("openvino") or {}).items():
         entries.append((f"OpenVINO GenAI {v}", "float32" if v == "fp32" else f"{v} weights", r,
                         checks.get(f"openvino_{v}")))

@@ -112,6 +112,8 @@ def goals(h: dict, engine_offline: Optional[dict]) -> dict:
     mid = str(MID_CONCURRENCY)
     eo = engine_offline or {}
     vs_fastest = raw(low.get("textgen_s"), low.get("fastest_peer_s"))
+    lat = eo.get("batch1_latency_s") or {}
+    int8_vs_ov = raw(lat.get("ours_int8"), lat.get("openvino_int8"))
     return {
         "tokens_per_s_20x_baseline": _at_least(raw(tps("textgen"), tps("baseline")), 20.0),
         "tokens_per_s_2x_peer": _at_least(raw(tps("textgen"), tps("peer")), 2.0),
@@ -119,5 +121,6 @@ def goals(h: dict, engine_offline: Optional[dict]) -> dict:
         "tokens_per_s_mid_concurrency_at_least_vllm": _at_least(raw(tps("textgen", mid), tps("vllm", mid)), 1.0),
         "p50_low_concurrency_at_most_fastest_peer": None if vs_fastest is None else vs_fastest <= 1.0,
         "engine_offline_at_least_openvino_fp32": _at_least(raw(eo.get("ours"), eo.get("openvino")), 1.0),
+        "batch1_int8_at_most_openvino_int8": None if int8_vs_ov is None else int8_vs_ov <= 1.0,
         "no_errors": h["errors_total"] == 0 and not h["failed_systems"],
     }

@@ -112,6 +112,10 @@ def render_goals(results: dict) -> str:
         f"| engine alone, {eo.get('sequences') or 32} sequences at once ≥ OpenVINO GenAI fp32 "
         f"| {_f(eo.get('ours'))} vs {_f(eo.get('openvino'))} tokens/s "
         f"| {mark(g.get('engine_offline_at_least_openvino_fp32'))} |",
+        f"| engine alone, int8 weights: batch-1 latency for {eo.get('new_tokens') or 50} tokens ≤ OpenVINO int8's "
+        f"| {_s((eo.get('batch1_latency_s') or {}).get('ours_int8'))} s vs "
+        f"{_s((eo.get('batch1_latency_s') or {}).get('openvino_int8'))} s "
+        f"| {mark(g.get('batch1_int8_at_most_openvino_int8'))} |",
         f"| no errors at any point | {results.get('errors_total', 0)} errors"
         + (f", failed: {', '.join(results['failed_systems'])}" if results.get("failed_systems") else "")
         + f" | {mark(g.get('no_errors'))} |",
@@ -152,7 +156,8 @@ def render_headline(results: dict) -> str:
              "tokens each, greedy; batch-1 = one prompt alone):", "",
              "| engine | dtype | tokens/s, all at once | batch-1 latency, s | greedy = transformers fp32 |",
              "|---|---|---:|---:|---|"]
-    for key, label in (("ours", "ours (GenerationEngine)"), ("openvino", "OpenVINO GenAI ContinuousBatchingPipeline"),
+    for key, label in (("ours", "ours (GenerationEngine)"), ("ours_int8", "ours, int8 weights"),
+                       ("openvino", "OpenVINO GenAI ContinuousBatchingPipeline"),
                        ("openvino_int8", "OpenVINO GenAI, int8 weights")):
         chk = checks.get(CHECK_KEYS[key])
         agree = f"{chk['identical']}/{chk['compared']} prompts" if chk else "–"
@@ -163,7 +168,7 @@ def render_headline(results: dict) -> str:
     return "\n".join(rows)
 
 
-CHECK_KEYS = {"ours": "ours", "openvino": "openvino_fp32", "openvino_int8": "openvino_int8"}
+CHECK_KEYS = {"ours": "ours", "ours_int8": "ours_int8", "openvino": "openvino_fp32", "openvino_int8": "openvino_int8"}
 
 
 def render_cpu(m: dict) -> str:

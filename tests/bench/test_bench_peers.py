@@ -81,12 +81,13 @@ def test_greedy_agreement_cuts_each_sequence_after_end_of_text():
 def test_engine_offline_headline_has_ours_and_openvino_at_all_sequences():
     report = {"sequences": 32, "new_tokens": 50,
               "ours": {"tokens_per_s": 300.0, "batch1_latency_s": 1.9, "dtype": "float32"},
+              "ours_int8": {"tokens_per_s": 350.0, "batch1_latency_s": 1.0, "dtype": "int8"},
               "openvino": {"fp32": {"tokens_per_s": 280.0, "batch1_latency_s": 1.8},
                            "int8": {"error": "exit 1: boom"}}}
     h = engine_offline.headline(report)
-    assert (h["ours"], h["openvino"], h["openvino_int8"]) == (300.0, 280.0, None)
-    assert h["batch1_latency_s"] == {"ours": 1.9, "openvino": 1.8, "openvino_int8": None}
-    assert h["errors"] == {"int8": "exit 1: boom"}
+    assert (h["ours"], h["ours_int8"], h["openvino"], h["openvino_int8"]) == (300.0, 350.0, 280.0, None)
+    assert h["batch1_latency_s"] == {"ours": 1.9, "ours_int8": 1.0, "openvino": 1.8, "openvino_int8": None}
+    assert h["errors"] == {"openvino_int8": "exit 1: boom"}
     assert engine_offline.openvino_model_dir(Path("/x/gpt2-random-init"), "int8").name == "gpt2-random-init-int8"
 
 

@@ -45,7 +45,8 @@ def synthetic_results():
         "machine": {"cpu_model": "test CPU", "note": "shared", "cpu_flags": ["avx2", "avx512f", "fma"],
                     "native_bf16": False, "amx": False},
         "engine_offline": {"sequences": 32, "new_tokens": 50, "ours": 300.0, "openvino": 280.0,
-                           "openvino_int8": 250.0, "batch1_latency_s": {"ours": 1.9, "openvino": 1.8},
+                           "ours_int8": 320.0, "openvino_int8": 250.0,
+                           "batch1_latency_s": {"ours": 1.9, "openvino": 1.8, "ours_int8": 1.2, "openvino_int8": 1.1},
                            "dtype": {"ours": "float32", "openvino": "float32"},
                            "greedy_vs_transformers_fp32": {"ours": {"compared": 4, "identical": 4}}},
         "systems": systems,
@@ -74,6 +75,7 @@ def test_headline_picks_best_textgen_and_computes_ratios():
     assert g["tokens_per_s_mid_concurrency_at_least_vllm"] is True  # 120 vs 100
     assert g["p50_low_concurrency_at_most_fastest_peer"] is False  # 2.6 s vs 1.9 s
     assert g["engine_offline_at_least_openvino_fp32"] is True  # 300 vs 280
+    assert g["batch1_int8_at_most_openvino_int8"] is False  # 1.2 s vs 1.1 s
     assert g["no_errors"]
 
 
@@ -133,7 +135,7 @@ def test_render_block_leads_with_one_row_per_system_then_the_engines_alone():
     block = report.render_block(res)
     assert "| vLLM CPU (OpenAI server) | – | not run | not run | not run | – | – |" in block
     assert "Engines alone (ours vs OpenVINO GenAI): not run." in block
-    assert block.count("not measured") == 3  # vs vLLM at c=32 and c=8, vs OpenVINO
+    assert block.count("not measured") == 4  # vs vLLM at c=32 and c=8, vs OpenVINO fp32 and int8
 
 
 def test_render_block_marks_unmet_goals():
@@ -144,8 +146,8 @@ def test_render_block_marks_unmet_goals():
     slow.update(run_bench.headline(slow))
     block = report.render_block(slow)
     assert slow["goals"]["tokens_per_s_1_25x_vllm"] is False
-    # 20x baseline, 2x peer, 1.25x vLLM, the c=1 latency vs vLLM's (the c=8 and engine goals still hold)
-    assert block.count("**not met**") == 4
+    # 20x baseline, 2x peer, 1.25x vLLM, the c=1 latency vs vLLM's, int8 batch-1 (c=8 and engine fp32 hold)
+    assert block.count("**not met**") == 5
 
 
 def test_splice_replaces_only_between_markers():

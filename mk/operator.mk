@@ -33,3 +33,7 @@ run-operator: ## Run the operator locally against $KUBECONFIG (default .cluster/
 .PHONY: test-operator
 test-operator: ## Run the operator tests (cluster tests skip without a control plane).
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
+
+.PHONY: serve-config
+serve-config: ## Generate serve_app/config/local.yaml (make run, make bench) from a default TextGenService's serveConfigV2.
+	$(OPERATOR_PY) -m textgen_operator.render --local-serve-config serve_app/config/local.yaml

@@ -24,6 +24,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from serve_app import contract
 from serve_app.config import AppArgs
 from serve_app.textproc import (
     RequestError,
@@ -80,7 +81,7 @@ def torch_threads_for(requested: Optional[int], cpu_share: float) -> int:
 # --------------------------------------------------------------------------- the model
 
 
-@serve.deployment(name="GPT2Model", ray_actor_options={"num_cpus": 1}, health_check_period_s=10)
+@serve.deployment(name=contract.MODEL_DEPLOYMENT, ray_actor_options={"num_cpus": 1}, health_check_period_s=10)
 class GPT2Model:
     """Owns the weights, the tokenizer and a continuous-batching engine; streams generation events."""
 
@@ -248,7 +249,7 @@ def _overloaded(exc: BaseException) -> JSONResponse:
                                   type="server_overloaded", code="overloaded"))
 
 
-@serve.deployment(name="TextGenAPI", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
+@serve.deployment(name=contract.INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 @serve.ingress(api)
 class TextGenAPI:
     """HTTP ingress: parsing and validation, OpenAI shapes, SSE; generation happens in GPT2Model."""
@@ -440,7 +441,7 @@ def build_app(args: AppArgs) -> Application:
     raw = args.model_dump()
     model = GPT2Model.options(
         # Enough requests in the replica to keep the engine's batch full while the next ones arrive.
-        max_ongoing_requests=2 * args.max_batch_size,
+        max_ongoing_requests=contract.model_max_ongoing_requests(args.max_batch_size),
         max_queued_requests=args.max_queued_requests,
         backpressure_config=backpressure,
     ).bind(raw)

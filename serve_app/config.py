@@ -1,6 +1,6 @@
 """Typed arguments of the serve application (``args`` in a Serve config / RayService ``serveConfigV2``).
 
-The contract with the operator lives in HACKING.md: unknown keys are rejected, so a typo in a
+Defaults and bounds come from `serve_app.contract`, shared with the operator: unknown keys are rejected, so a typo in a
 TextGenService or a serve config fails the deploy instead of being silently ignored.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serve_app import contract as C
 
 
 class AppArgs(BaseModel):
@@ -29,16 +31,20 @@ class AppArgs(BaseModel):
         description="Stand-in model directory used, with a loud warning, when `model` cannot be loaded "
         "(e.g. the Hub is unreachable). Built by `make model`.",
     )
-    max_batch_size: int = Field(16, ge=1, le=512)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
-    max_tokens_limit: int = Field(256, ge=1, le=1023)
-    default_max_tokens: int = Field(50, ge=1, le=1023)
-    max_queued_requests: int = Field(64, ge=1)
+    max_batch_size: int = Field(C.MAX_BATCH_SIZE.default, ge=C.MAX_BATCH_SIZE.ge, le=C.MAX_BATCH_SIZE.le,
+                                description="Most requests decoded together in one engine step.")
+    max_tokens_limit: int = Field(C.MAX_TOKENS_LIMIT.default, ge=C.MAX_TOKENS_LIMIT.ge, le=C.MAX_TOKENS_LIMIT.le)
+    default_max_tokens: int = Field(C.DEFAULT_MAX_TOKENS.default, ge=C.DEFAULT_MAX_TOKENS.ge,
+                                    le=C.DEFAULT_MAX_TOKENS.le)
+    max_queued_requests: int = Field(
+        C.MAX_QUEUED_REQUESTS.default, ge=C.MAX_QUEUED_REQUESTS.ge, le=C.MAX_QUEUED_REQUESTS.le,
+        description="Requests waiting for a batch slot (per replica, and per caller of each deployment) before "
+        "new ones get 503.")
     torch_threads: Optional[int] = Field(
-        None, ge=1, le=256, description="Torch intra-op threads (default: the replica's CPU share)."
-    )
-    dtype: Literal["float32", "bfloat16", "int8", "auto"] = Field(
-        "float32",
+        C.TORCH_THREADS.default, ge=C.TORCH_THREADS.ge, le=C.TORCH_THREADS.le,
+        description="Torch intra-op threads (default: the replica's CPU share).")
+    dtype: Literal[C.DTYPES] = Field(  # type: ignore[valid-type]
+        C.DEFAULT_DTYPE,
         description="Engine compute dtype. bfloat16 and int8 (dynamically quantized linear layers) change numerics "
         "(guarded by tests/engine/test_quality.py); auto picks bfloat16 where the CPU has native bf16 "
         "(AMX/AVX-512 BF16), else float32.",

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from serve_app import contract as SC
+
 from . import constants as C
 from .spec import TextGenServiceSpec
 from .validation import validate
@@ -78,7 +80,6 @@ def app_args(spec: TextGenServiceSpec) -> dict[str, Any]:
         args["fallback_model_dir"] = m.fallback_model_dir
     args.update(
         max_batch_size=s.max_batch_size,
-        batch_wait_timeout_s=s.batch_wait_timeout_s,
         max_tokens_limit=s.max_tokens_limit,
         default_max_tokens=s.default_max_tokens,
         max_queued_requests=s.max_queued_requests,
@@ -118,22 +119,23 @@ def build_serve_config(spec: TextGenServiceSpec) -> dict[str, Any]:
         model["num_replicas"] = spec.replicas
         ingress["num_replicas"] = workers
     model.update(
-        max_ongoing_requests=s.max_ongoing_requests,
+        max_ongoing_requests=s.model_max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
         ray_actor_options={"num_cpus": spec.cluster.cpus_per_replica},
     )
     ingress.update(
-        max_ongoing_requests=s.max_ongoing_requests * spec.cluster.replicas_per_node,
+        max_ongoing_requests=s.model_max_ongoing_requests * spec.cluster.replicas_per_node,
         ray_actor_options={"num_cpus": C.INGRESS_CPUS},
     )
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": C.SERVE_PORT},
+        "http_options": {"host": "0.0.0.0", "port": C.SERVE_PORT, "request_timeout_s": SC.REQUEST_TIMEOUT_S},
         "applications": [
             {
                 "name": C.APP_NAME,
-                "route_prefix": "/",
+                "route_prefix": SC.ROUTE_PREFIX,
                 "import_path": C.APP_IMPORT_PATH,
+                "runtime_env": {"env_vars": dict(SC.REPLICA_ENV)},
                 "args": app_args(spec),
                 "deployments": [model, ingress],
             }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from serve_app import contract as SC
+
 # --- the TextGenService resource -------------------------------------------------------------------------------
 GROUP = "textgen.dev"
 VERSION = "v1alpha1"
@@ -33,11 +35,12 @@ SERVE_IMAGE_REPOSITORY = "textgen-serve"
 SERVE_IMAGE_TAG = "0.1.0"
 DEFAULT_IMAGE = f"{SERVE_IMAGE_REPOSITORY}:{SERVE_IMAGE_TAG}"
 
-APP_NAME = "textgen"
-APP_IMPORT_PATH = "serve_app.app:build_app"
-MODEL_DEPLOYMENT = "GPT2Model"
-INGRESS_DEPLOYMENT = "TextGenAPI"
-SERVE_PORT = 8000
+# The serve app's names and port: the one serving contract (serve_app/contract.py).
+APP_NAME = SC.APP_NAME
+APP_IMPORT_PATH = SC.APP_IMPORT_PATH
+MODEL_DEPLOYMENT = SC.MODEL_DEPLOYMENT
+INGRESS_DEPLOYMENT = SC.INGRESS_DEPLOYMENT
+SERVE_PORT = SC.SERVE_PORT
 # CPUs reserved on every worker node for one replica of the FastAPI ingress deployment.
 INGRESS_CPUS = 0.5
 

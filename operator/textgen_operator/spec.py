@@ -15,6 +15,8 @@ from typing import Any, Callable, ClassVar, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from serve_app import contract as SC
+
 from .constants import (
     DEFAULT_IMAGE,
     DEFAULT_NODE_TYPE,
@@ -113,32 +115,43 @@ class ModelSource(_Obj):
 class Serving(_Obj):
     """Batching and generation limits, passed to the serve app as its args."""
 
-    max_batch_size: int = Field(16, ge=1, le=256, description="Most requests decoded together in one batch.")
-    batch_wait_timeout_s: float = Field(
-        0.005, ge=0, le=10, description="Seconds a batch waits to fill before it starts.")
-    max_tokens_limit: int = Field(256, ge=1, le=1023, description="Largest max_tokens a request may ask for.")
-    default_max_tokens: int = Field(50, ge=1, le=1023, description="max_tokens when a request gives none.")
-    max_ongoing_requests: int = Field(
-        32, ge=1, le=10000, description="Requests one model replica handles at once (Serve max_ongoing_requests).")
+    max_batch_size: int = Field(SC.MAX_BATCH_SIZE.default, ge=SC.MAX_BATCH_SIZE.ge, le=SC.MAX_BATCH_SIZE.le,
+                                description="Most requests decoded together in one engine step.")
+    max_tokens_limit: int = Field(SC.MAX_TOKENS_LIMIT.default, ge=SC.MAX_TOKENS_LIMIT.ge, le=SC.MAX_TOKENS_LIMIT.le,
+                                  description="Largest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(SC.DEFAULT_MAX_TOKENS.default, ge=SC.DEFAULT_MAX_TOKENS.ge,
+                                    le=SC.DEFAULT_MAX_TOKENS.le, description="max_tokens when a request gives none.")
+    max_ongoing_requests: Optional[int] = Field(
+        SC.MAX_ONGOING_REQUESTS.default, ge=SC.MAX_ONGOING_REQUESTS.ge, le=SC.MAX_ONGOING_REQUESTS.le,
+        description="Requests one model replica handles at once (Serve max_ongoing_requests; default twice "
+        "maxBatchSize: a full batch running and one arriving).")
     max_queued_requests: int = Field(
-        64, ge=1, le=100000,
-        description="Requests queued per caller before new ones are rejected with 503 (Serve max_queued_requests).")
-    dtype: Literal["float32", "bfloat16", "int8", "auto"] = Field(
-        "float32",
+        SC.MAX_QUEUED_REQUESTS.default, ge=SC.MAX_QUEUED_REQUESTS.ge, le=SC.MAX_QUEUED_REQUESTS.le,
+        description="Requests waiting for a batch slot (per replica, and per caller of each deployment) before new "
+        "ones are rejected with 503.")
+    dtype: Literal[SC.DTYPES] = Field(  # type: ignore[valid-type]
+        SC.DEFAULT_DTYPE,
         description="Compute dtype of the model replicas. bfloat16 and int8 (dynamically quantized linear layers) "
         "change numerics within quality-guarded bounds; auto picks bfloat16 only on CPUs with native bf16 (AMX or "
         "AVX-512 BF16, e.g. m7i), float32 elsewhere (m5).",
     )
     torch_threads: Optional[int] = Field(
-        None, ge=1, le=256, description="Torch intra-op threads per replica (default: the replica's CPUs).")
+        SC.TORCH_THREADS.default, ge=SC.TORCH_THREADS.ge, le=SC.TORCH_THREADS.le,
+        description="Torch intra-op threads per replica (default: the replica's CPUs).")
+
+    @property
+    def model_max_ongoing_requests(self) -> int:
+        if self.max_ongoing_requests is not None:
+            return self.max_ongoing_requests
+        return SC.model_max_ongoing_requests(self.max_batch_size)
 
     rules = (
         Rule("self.defaultMaxTokens <= self.maxTokensLimit",
              "serving.defaultMaxTokens must be less than or equal to serving.maxTokensLimit",
              lambda s: s.default_max_tokens <= s.max_tokens_limit),
-        Rule("self.maxOngoingRequests >= self.maxBatchSize",
+        Rule("!has(self.maxOngoingRequests) || self.maxOngoingRequests >= self.maxBatchSize",
              "serving.maxOngoingRequests must be at least serving.maxBatchSize, or a replica can never fill a batch",
-             lambda s: s.max_ongoing_requests >= s.max_batch_size),
+             lambda s: s.max_ongoing_requests is None or s.max_ongoing_requests >= s.max_batch_size),
     )
 
 

@@ -49,13 +49,13 @@ def test_serve_config_follows_the_app_contract(sample):
     spec = TextGenServiceSpec.model_validate(doc["spec"])
     model = deployments["GPT2Model"]
     assert model["ray_actor_options"]["num_cpus"] == spec.cluster.cpus_per_replica
-    assert model["max_ongoing_requests"] == spec.serving.max_ongoing_requests
+    assert model["max_ongoing_requests"] == spec.serving.model_max_ongoing_requests
     assert model["max_queued_requests"] == spec.serving.max_queued_requests
 
 
 def test_args_at_the_schema_limits_are_accepted_by_the_app():
     spec = {"serving": {"maxBatchSize": 256, "maxTokensLimit": 1023, "defaultMaxTokens": 1023,
-                        "maxOngoingRequests": 256, "batchWaitTimeoutS": 10, "maxQueuedRequests": 100000,
+                        "maxOngoingRequests": 256, "maxQueuedRequests": 100000,
                         "dtype": "bfloat16", "torchThreads": 256},
             "model": {"name": "/models/gpt2", "servedModelName": "gpt2", "fallbackModelDir": "/models/stand-in"}}
     args = AppArgs.model_validate(serve_config(rs_for(spec))["applications"][0]["args"])

@@ -60,7 +60,7 @@ def test_name_rules():
     ({"replicas": "three"}, "spec.replicas"),
     ({"autoscaling": {"minReplicas": -1}}, "spec.autoscaling.minReplicas"),
     ({"autoscaling": {"targetOngoingRequests": 0}}, "spec.autoscaling.targetOngoingRequests"),
-    ({"serving": {"dtype": "int8"}}, "spec.serving.dtype"),
+    ({"serving": {"dtype": "float16"}}, "spec.serving.dtype"),
     ({"serving": {"maxTokensLimit": 2048}}, "spec.serving.maxTokensLimit"),
     ({"cluster": {"nodeType": "t2.micro"}}, "spec.cluster.nodeType"),
     ({"cluster": {"cpusPerReplica": 0.3}}, "spec.cluster.cpusPerReplica"),

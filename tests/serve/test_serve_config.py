@@ -15,12 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_defaults_match_the_contract():
     a = AppArgs()
     assert (a.model, a.served_model_name, a.fallback_model_dir) == ("gpt2", None, None)
-    assert (a.max_batch_size, a.batch_wait_timeout_s, a.max_tokens_limit, a.default_max_tokens) == (16, 0.005, 256, 50)
+    assert (a.max_batch_size, a.max_tokens_limit, a.default_max_tokens) == (32, 256, 50)
     assert (a.max_queued_requests, a.torch_threads, a.dtype) == (64, None, "float32")
 
 
 @pytest.mark.parametrize("bad", [
-    {"modle": "gpt2"}, {"max_batch_size": 0}, {"dtype": "int3"}, {"default_max_tokens": 300},
+    {"modle": "gpt2"}, {"max_batch_size": 0}, {"max_batch_size": 257}, {"dtype": "int3"},
+    {"batch_wait_timeout_s": 0.005}, {"default_max_tokens": 300},
     {"torch_threads": 0}, {"max_tokens_limit": 2000},
 ])
 def test_bad_args_are_rejected(bad):

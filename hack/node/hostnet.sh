@@ -79,7 +79,7 @@ remove_kube_iptables() {
   for cmd in iptables ip6tables; do
     command -v "$cmd" >/dev/null || continue
     for t in filter nat mangle; do
-      "$cmd" -t "$t" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j KUBE-' | while read -r rule; do
+      { "$cmd" -t "$t" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j KUBE-' || true; } | while read -r rule; do
         eval "$cmd -t $t -D ${rule#-A }" 2>/dev/null || true
       done
       for chain in $("$cmd" -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
@@ -104,10 +104,10 @@ teardown_network() {
   return 0
 }
 
-unmount_under() { # prefixes...: every mount below them, deepest first
+unmount_under() { # paths...: every mount on or below them, deepest first (the kubelet bind-mounts its root dir)
   local p
   for p in "$@"; do
-    awk -v p="$p/" 'index($2, p) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do
+    awk -v p="$p" '$2 == p || index($2, p "/") == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do
       umount "$(printf '%b' "$m")" 2>/dev/null || umount -l "$(printf '%b' "$m")" 2>/dev/null || log "cannot unmount $m"
     done
   done

@@ -138,7 +138,7 @@ build_serve() {
 # import IMAGE: buildah's image -> containerd (docker-archive streamed through a pipe, no file on disk).
 import_image() {
   local image="$1" t0; t0=$(date +%s)
-  buildah push --quiet "$image" "docker-archive:/dev/stdout:$image" | ctr_ images import --no-unpack - >/dev/null
+  buildah push --quiet "$image" "docker-archive:/dev/stdout:$image" | ctr_ images import --snapshotter overlayfs - >/dev/null
   log "imported $image into containerd in $(( $(date +%s) - t0 )) s"
 }
 
@@ -149,6 +149,19 @@ ensure() { # name image builder
   [ -S "$CONTAINERD_SOCK" ] || { log "$name: built $image; containerd is not running, import skipped"; return 0; }
   import_image "$image"
   echo "$name $(( $(date +%s) - t0 ))" >> "$BUILD_LOG_DIR/image-seconds.txt"
+}
+
+# Older tags of our images (earlier inputs): removed from buildah and containerd so that disk use stays flat.
+# buildah's untagged intermediate images stay: they are its layer cache (`buildah rmi --prune` drops them).
+prune_old() { # repository current-image
+  local ref
+  for ref in $(buildah images --format '{{.Name}}:{{.Tag}}' 2>/dev/null | grep "^$1:" || true); do
+    [ "$ref" = "$2" ] || buildah rmi "$ref" >/dev/null 2>&1 || true
+  done
+  [ -S "$CONTAINERD_SOCK" ] || return 0
+  for ref in $(ctr_ images ls -q 2>/dev/null | grep "^$1:" || true); do
+    [ "$ref" = "$2" ] || ctr_ images rm "$ref" >/dev/null 2>&1 || true
+  done
 }
 
 main() {
@@ -164,6 +177,9 @@ main() {
   ensure pause "$PAUSE_IMAGE" build_pause
   ensure operator "$OPERATOR_IMAGE" build_operator
   ensure serve "$SERVE_IMAGE" build_serve
+  prune_old localhost/textgen-local/pause "$PAUSE_IMAGE"
+  prune_old localhost/textgen-operator "$OPERATOR_IMAGE"
+  prune_old localhost/textgen-serve "$SERVE_IMAGE"
   printf 'PAUSE_IMAGE=%s\nOPERATOR_IMAGE=%s\nSERVE_IMAGE=%s\n' "$PAUSE_IMAGE" "$OPERATOR_IMAGE" "$SERVE_IMAGE" \
     > "$NODE_STATE/images.env"
   local img

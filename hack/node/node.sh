@@ -81,8 +81,8 @@ write_configs() {
   local cgroup_root="$1" pause_image="$2"
   mkdir -p "$NODE_STATE/cni/net.d" "$NODE_STATE/containerd" "$KUBELET_DIR"
   . "$CLUSTER_STATE/ports.env"
-  read -r KUBELET_PORT KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT SCHED_PORT DNS_HEALTH_PORT DNS_READY_PORT \
-    <<<"$(free_ports 6)"
+  read -r KUBELET_PORT KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT SCHED_PORT DNS_HEALTH_PORT \
+    DNS_READY_PORT <<<"$(free_ports 7)"
   cat > "$NODE_STATE/ports.env" <<EOF
 KUBELET_PORT=$KUBELET_PORT
 KUBELET_HEALTHZ_PORT=$KUBELET_HEALTHZ_PORT
@@ -166,7 +166,7 @@ hostnameOverride: $NODE_NAME
 clusterCIDR: $POD_CIDR
 bindAddress: 127.0.0.1
 healthzBindAddress: 127.0.0.1:$PROXY_HEALTHZ_PORT
-metricsBindAddress: 127.0.0.1:0
+metricsBindAddress: 127.0.0.1:$PROXY_METRICS_PORT
 nodePortAddresses: [$NODE_IP/32]
 # 0: leave the host's conntrack sysctls alone.
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
@@ -235,6 +235,8 @@ cmd_up() {
     --node-labels="node.kubernetes.io/instance-type=$INSTANCE_TYPE" -v=1
   wait_for coredns 30 http_ok "http://127.0.0.1:$DNS_READY_PORT/ready" || die "CoreDNS not ready"
   wait_for kube-proxy 60 http_ok "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz" || die "kube-proxy not healthy"
+  # The kubelet's own health first: a Node object left by an earlier run may still read Ready.
+  wait_for kubelet 60 http_ok "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz" || die "kubelet not healthy"
   wait_for kubelet 120 node_ready || die "node $NODE_NAME not Ready"
   trap - EXIT
   log "node $NODE_NAME ($NODE_IP, $INSTANCE_TYPE) Ready in $(( $(date +%s) - t0 )) s"
@@ -245,6 +247,8 @@ cmd_down() {
   local mode="${1:-}" c pid
   # Pods first (kubelet stopped so that it restarts nothing), then the runtime, then what they left on the host.
   pid="$(pid_of kubelet)"; [ -z "$pid" ] || stop_pid kubelet "$pid"
+  # The Node object goes too (its pods are gone with the runtime), when the control plane is still there.
+  [ ! -f "$CLUSTER_STATE/kubeconfig" ] || kc delete node "$NODE_NAME" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   if containerd_ready; then remove_all_containers; fi
   for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
     c="${COMPONENTS[$i]}"
@@ -256,9 +260,12 @@ cmd_down() {
   unmount_under "$KUBELET_DIR" "$CONTAINERD_RUN"
   remove_cgroup_root
   restore_sysctls
-  [ -f /etc/hosts ] || true
   if [ "$mode" = keep-logs ]; then rm -rf "$NODE_STATE/pids"; else rm -rf "$NODE_STATE"; fi
-  [ "$mode" = quiet ] || log "node down (state ${mode:+kept in }$NODE_STATE${mode:+/logs}${mode:- removed})"
+  case "$mode" in
+    quiet) ;;
+    keep-logs) log "node down (logs kept in $NODE_STATE/logs)" ;;
+    *) log "node down, state removed ($NODE_STATE)" ;;
+  esac
 }
 
 cmd_status() {

@@ -151,6 +151,7 @@ class GenerationEngine:
         self._counters: collections.Counter = collections.Counter()
         self._bs_hist: collections.Counter = collections.Counter()  # batch size -> steps
         self._rng = random.Random()
+        self._step_started: float | None = None  # monotonic start of the step in progress (None between steps)
         if warmup and hasattr(self.runner, "warmup"):
             self.runner.warmup(self.max_batch_size)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -222,6 +223,17 @@ class GenerationEngine:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stopping
 
+    @property
+    def step_age_s(self) -> float:
+        """Seconds the step in progress has been running (0 between steps)."""
+        started = self._step_started
+        return 0.0 if started is None else time.monotonic() - started
+
+    def healthy(self, max_step_s: float) -> bool:
+        """Alive, and no step has been running longer than ``max_step_s``: a stuck forward pass makes this False
+        while the thread still exists (so a health check can get the replica replaced)."""
+        return self.alive and self.step_age_s <= max_step_s
+
     # ------------------------------------------------------------------ bookkeeping
     def _bump(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
@@ -287,6 +299,7 @@ class GenerationEngine:
                     if plan is None:
                         break
                     t0 = time.perf_counter_ns()
+                    self._step_started = time.monotonic()
                     if self.mixed_prefill or not plan.prefill:
                         self._run(plan)  # one forward pass: decode rows + new prompts
                     else:  # new prompts in a pass of their own, then every running request decodes
@@ -294,6 +307,7 @@ class GenerationEngine:
                         with self._cond:
                             decode = self.scheduler.schedule_decode()
                         self._run(decode)
+                    self._step_started = None
                     self._bump("busy_ns", time.perf_counter_ns() - t0)
         except BaseException as e:  # pragma: no cover - defensive: never leave consumers hanging
             log.exception("generation engine loop died")

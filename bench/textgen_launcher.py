@@ -28,21 +28,27 @@ from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "serve_app" / "config" / "local.yaml"
-APP_NAME = "textgen"
-MODEL_DEPLOYMENT = "GPT2Model"
-INGRESS_DEPLOYMENT = "TextGenAPI"
+sys.path.insert(0, str(ROOT))  # run as a script: the project's serve_app (the working tree) is importable
+from serve_app.contract import (  # noqa: E402
+    APP_IMPORT_PATH,
+    APP_NAME,
+    INGRESS_DEPLOYMENT,
+    MODEL_DEPLOYMENT,
+    ROUTE_PREFIX,
+    SERVE_PORT,
+)
 
 
 def default_serve_config() -> dict:
     """The contract in HACKING.md, used when serve_app/config/local.yaml is not there."""
     return {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "http_options": {"host": "127.0.0.1", "port": SERVE_PORT},
         "applications": [
             {
                 "name": APP_NAME,
-                "route_prefix": "/",
-                "import_path": "serve_app.app:build_app",
+                "route_prefix": ROUTE_PREFIX,
+                "import_path": APP_IMPORT_PATH,
                 "args": {},
                 "deployments": [],
             }
@@ -72,7 +78,11 @@ def build_serve_config(
         app = default_serve_config()["applications"][0]
         apps.append(app)
     cfg["applications"] = [app]  # only ours
-    app.pop("runtime_env", None)  # the working tree is on PYTHONPATH; no packaging of working_dir
+    # The working tree is on PYTHONPATH: no packaging of a working_dir; the replicas' env_vars stay (the same
+    # environment `make run` and a RayService give them, e.g. OMP_WAIT_POLICY).
+    env_vars = (app.pop("runtime_env", None) or {}).get("env_vars")
+    if env_vars:
+        app["runtime_env"] = {"env_vars": dict(env_vars)}
     share = cpus / replicas
     args = dict(app.get("args") or {})
     args.update(app_args or {})

@@ -1,4 +1,5 @@
-"""The Ray Serve application: a FastAPI ingress (``TextGenAPI``) in front of the model (``GPT2Model``).
+"""The Ray Serve application: a FastAPI ingress (``TextGenAPI``) in front of the model (``GPT2Model``,
+serve_app.model_deployment).
 
 ``build_app`` is the typed application builder named by ``import_path: serve_app.app:build_app`` in a
 Serve config or a RayService ``serveConfigV2``; its ``args`` are validated by ``serve_app.config.AppArgs``.
@@ -8,15 +9,15 @@ deployment owns the weights and a continuous-batching ``GenerationEngine``. The 
 model through a streaming DeploymentHandle; every generation is a stream of small event dicts
 (``start`` | ``error``, ``delta``..., ``end``), aggregated by the ingress for non-streaming answers.
 
-Overload: the model deployment's handle queue is bounded (``max_queued_requests``); beyond it Serve
-raises ``BackPressureError``, answered as 503 with ``Retry-After`` (and the same for the ingress
-itself through ``backpressure_config``).
+Never a bare 500: bad input is a 4xx; overload (``BackPressureError``, bounded queues), a stopped or dead engine,
+a replica that died mid-way are 503 with ``Retry-After``; a model that sends nothing for ``GENERATION_TIMEOUT_S``
+(shorter than the HTTP request timeout) is a 504.
 """
 
 import asyncio
+import json
 import logging
-import os
-from typing import Any, AsyncIterator, Dict, Optional
+from typing import Any, Dict, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -26,11 +27,10 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import contract
 from serve_app.config import AppArgs
+from serve_app.http_body import read_body
+from serve_app.model_deployment import GPT2Model, torch_threads_for  # noqa: F401 - re-exported
 from serve_app.textproc import (
     RequestError,
-    TextStream,
-    check_prompt_chars,
-    check_prompt_length,
     completion_body,
     error_body,
     new_completion_id,
@@ -46,189 +46,16 @@ logger = logging.getLogger("ray.serve")
 
 RETRY_AFTER_S = 1
 HEALTH_TIMEOUT_S = 5.0
-STATS_INTERVAL_S = 1.0
+# Longest wait for the model's next event: answered with 504 before Serve's own request timeout answers 408.
+GENERATION_TIMEOUT_S = contract.REQUEST_TIMEOUT_S - 30
 
 
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
+class GenerationFailed(Exception):
+    """The model's stream ended in an error: ``response`` is what the client gets."""
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _cpu_share() -> float:
-    try:
-        import ray
-
-        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
-    except Exception:  # noqa: BLE001 - outside Ray
-        return 0.0
-
-
-def torch_threads_for(requested: Optional[int], cpu_share: float) -> int:
-    """Torch threads: the explicit setting, else the replica's CPU share (at least 1)."""
-    if requested:
-        return int(requested)
-    return max(1, int(round(cpu_share))) if cpu_share >= 1 else 1
-
-
-# --------------------------------------------------------------------------- the model
-
-
-@serve.deployment(name=contract.MODEL_DEPLOYMENT, ray_actor_options={"num_cpus": 1}, health_check_period_s=10)
-class GPT2Model:
-    """Owns the weights, the tokenizer and a continuous-batching engine; streams generation events."""
-
-    def __init__(self, args: Dict[str, Any]):
-        import torch
-
-        from serve_app.engine import GenerationEngine
-        from serve_app.loading import load_model
-
-        self.args = AppArgs.model_validate(args)
-        self.threads = torch_threads_for(self.args.torch_threads, _cpu_share())
-        torch.set_num_threads(self.threads)
-        model, self.tokenizer, self.info = load_model(
-            self.args.model,
-            fallback_model_dir=self.args.fallback_model_dir,
-            served_model_name=self.args.served_model_name,
-        )
-        self.engine = GenerationEngine(
-            model,
-            max_batch_size=self.args.max_batch_size,
-            dtype=self.args.dtype,
-            num_threads=self.threads,
-            max_waiting=self.args.max_queued_requests,
-        )
-        self.created = now()
-        self._metrics_task: Optional[asyncio.Task] = None
-        self._init_metrics()
-        logger.info("GPT2Model ready: %s, %s, %d torch threads, batch %d, rss %.0f MiB", self.info.name,
-                    self.engine.dtype, self.threads, self.args.max_batch_size, _rss_bytes() / 2**20)
-
-    # ---------------------------------------------------------------- metrics
-    def _init_metrics(self) -> None:
-        from ray.serve import metrics
-
-        from serve_app.engine import BATCH_SIZE_BUCKETS
-
-        tags = {"model": self.info.name}
-        self._m_tokens = metrics.Counter(
-            "textgen_generated_tokens",
-            description="Tokens generated by the model deployment (exported as *_total).",
-            tag_keys=("model",),
-        )
-        self._m_tokens.set_default_tags(dict(tags))  # Serve adds its tags in place
-        self._m_batch = metrics.Histogram(
-            "textgen_batch_size",
-            description="Requests decoded together in one engine step (iteration-level batch size).",
-            boundaries=[float(b) for b in BATCH_SIZE_BUCKETS],
-            tag_keys=("model",),
-        )
-        self._m_batch.set_default_tags(dict(tags))
-        self._last_stats = {"generated_tokens_total": 0, "batch_size_hist": {}}
-
-    def _record_metrics(self) -> None:
-        st = self.engine.stats()
-        prev = self._last_stats
-        d_tokens = st["generated_tokens_total"] - prev["generated_tokens_total"]
-        if d_tokens > 0:
-            self._m_tokens.inc(d_tokens)
-        for bs, count in st["batch_size_hist"].items():
-            for _ in range(count - prev["batch_size_hist"].get(bs, 0)):
-                self._m_batch.observe(float(bs))
-        self._last_stats = st
-
-    async def _metrics_loop(self) -> None:
-        while True:
-            try:
-                self._record_metrics()
-            except Exception:  # noqa: BLE001 - metrics must never take the replica down
-                logger.exception("recording textgen metrics failed")
-            await asyncio.sleep(STATS_INTERVAL_S)
-
-    def _ensure_metrics_task(self) -> None:
-        if self._metrics_task is None or self._metrics_task.done():
-            self._metrics_task = asyncio.get_running_loop().create_task(self._metrics_loop())
-
-    # ---------------------------------------------------------------- API for the ingress
-    async def info_dict(self) -> Dict[str, Any]:
-        self._ensure_metrics_task()
-        return {
-            "card": self.info.as_model_card(self.created),
-            "context_length": self.info.context_length,
-            "max_tokens_limit": self.args.max_tokens_limit,
-            "default_max_tokens": self.args.default_max_tokens,
-            "engine_alive": self.engine.alive,
-        }
-
-    async def stats(self) -> Dict[str, Any]:
-        self._ensure_metrics_task()
-        st = self.engine.stats()
-        st.update(model=self.info.name, pid=os.getpid(), rss_bytes=_rss_bytes(), torch_threads=self.threads,
-                  dtype=self.engine.dtype)
-        return st
-
-    def check_health(self) -> None:
-        if not self.engine.alive:
-            raise RuntimeError("generation engine is not running")
-
-    async def generate(self, req: Dict[str, Any]) -> AsyncIterator[Dict[str, Any]]:
-        """Stream events for one generation request (already validated by the ingress)."""
-        from serve_app.engine import EngineOverloaded, GenerationRequest
-
-        self._ensure_metrics_task()
-        try:
-            check_prompt_chars(req["prompt"], self.info.context_length, param=req.get("prompt_param", "prompt"))
-            prompt_ids = self.tokenizer.encode(req["prompt"])
-            check_prompt_length(len(prompt_ids), req["max_tokens"], self.info.context_length,
-                                param=req.get("prompt_param", "prompt"))
-        except RequestError as e:
-            yield {"event": "error", "status": e.status, "body": e.body()}
-            return
-        try:
-            stream = self.engine.generate(GenerationRequest(
-                prompt_ids=prompt_ids,
-                max_new_tokens=req["max_tokens"],
-                temperature=req["temperature"],
-                top_p=req["top_p"],
-                seed=req.get("seed"),
-                request_id=req.get("id"),
-            ))
-        except EngineOverloaded as e:
-            yield {"event": "error", "status": 503,
-                   "body": error_body(f"server overloaded: {e}", type="server_overloaded", code="overloaded")}
-            return
-        except ValueError as e:
-            yield {"event": "error", "status": 400, "body": error_body(str(e), code="invalid_value")}
-            return
-        yield {"event": "start", "prompt_tokens": len(prompt_ids), "model": self.info.name}
-        text = TextStream(self.tokenizer.decode, req.get("stop") or ())
-        # Non-streaming callers get the text in one event: no per-token hop through Ray.
-        per_token = req.get("stream", True)
-        try:
-            async for token_id in stream:
-                delta = text.push(token_id)
-                if delta and per_token:
-                    yield {"event": "delta", "text": delta}
-                if text.stopped:
-                    break
-            if not text.stopped:
-                tail = text.finish()
-                if tail and per_token:
-                    yield {"event": "delta", "text": tail}
-            if not per_token and text.text:
-                yield {"event": "delta", "text": text.text}
-        finally:
-            await stream.aclose()
-        reason = "stop" if text.stopped else (stream.finish_reason or "length")
-        yield {"event": "end", "finish_reason": reason, "completion_tokens": text.n_tokens}
+    def __init__(self, response: JSONResponse):
+        super().__init__(response.status_code)
+        self.response = response
 
 
 # --------------------------------------------------------------------------- the HTTP API
@@ -249,6 +76,48 @@ def _overloaded(exc: BaseException) -> JSONResponse:
                                   type="server_overloaded", code="overloaded"))
 
 
+def _unavailable(exc: BaseException) -> JSONResponse:
+    return _error(503, error_body(f"the model is unavailable, retry later ({type(exc).__name__})",
+                                  type="server_unavailable", code="model_unavailable"))
+
+
+def _timed_out() -> JSONResponse:
+    return _error(504, error_body(f"the model sent nothing for {GENERATION_TIMEOUT_S} s", type="server_timeout",
+                                  code="generation_timeout"))
+
+
+async def _next_event(gen) -> Optional[Dict[str, Any]]:
+    """The model's next event (None at the end); any failure becomes `GenerationFailed` with a 503/504 answer."""
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    try:
+        return await asyncio.wait_for(gen.__anext__(), GENERATION_TIMEOUT_S)
+    except StopAsyncIteration:
+        return None
+    except asyncio.CancelledError:  # the client went away: free the engine slot
+        gen.cancel()
+        raise
+    except asyncio.TimeoutError:
+        gen.cancel()
+        raise GenerationFailed(_timed_out()) from None
+    except (BackPressureError, DeploymentUnavailableError) as exc:
+        gen.cancel()
+        raise GenerationFailed(_overloaded(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - the replica died or failed: the client may retry elsewhere
+        logger.warning("model call failed: %r", exc)
+        gen.cancel()
+        raise GenerationFailed(_unavailable(exc)) from None
+
+
+async def _events(gen):
+    """The model's events until its end; an error event (even mid-way) becomes `GenerationFailed`."""
+    while (ev := await _next_event(gen)) is not None:
+        if ev["event"] == "error":
+            gen.cancel()
+            raise GenerationFailed(_error(ev["status"], ev["body"]))
+        yield ev
+
+
 @serve.deployment(name=contract.INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 @serve.ingress(api)
 class TextGenAPI:
@@ -264,22 +133,26 @@ class TextGenAPI:
             self._info = await asyncio.wait_for(self.model.info_dict.remote(), timeout)
         return self._info
 
-    async def _start(self, req: Dict[str, Any]):
-        """Call the model; return (first event, event generator) or an error JSONResponse."""
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+    async def _generate_text(self, req: Dict[str, Any]):
+        """Non-streaming generation: (start event, text, end event), or raise `GenerationFailed`."""
+        first, events, _ = await self._start(req)
+        text, end = [], {}
+        async for ev in events:
+            if ev["event"] == "delta":
+                text.append(ev["text"])
+            elif ev["event"] == "end":
+                end = ev
+        return first, "".join(text), end
 
+    async def _start(self, req: Dict[str, Any]):
+        """Call the model: (its first event, the rest of its events, the call), or raise `GenerationFailed`."""
         gen = self.model.options(stream=True).generate.remote(req)
+        events = _events(gen)
         try:
-            first = await gen.__anext__()
-        except (BackPressureError, DeploymentUnavailableError) as exc:
-            gen.cancel()
-            return None, None, _overloaded(exc)
+            first = await events.__anext__()
         except StopAsyncIteration:
-            return None, None, _error(500, error_body("model returned no events", type="server_error"))
-        if first["event"] == "error":
-            gen.cancel()
-            return None, None, _error(first["status"], first["body"])
-        return first, gen, None
+            raise GenerationFailed(_unavailable(RuntimeError("the model returned no events"))) from None
+        return first, events, gen
 
     # ---------------------------------------------------------------- GET /generate
     @api.get("/generate")
@@ -295,14 +168,11 @@ class TextGenAPI:
             req["prompt"] = query
         except RequestError as e:
             return _error(e.status, e.body())
-        first, gen, err = await self._start(req)
-        if err is not None:
-            return err
-        text = []
-        async for ev in gen:
-            if ev["event"] == "delta":
-                text.append(ev["text"])
-        return [{"generated_text": query + "".join(text)}]
+        try:
+            _, text, _ = await self._generate_text(req)
+        except GenerationFailed as failed:
+            return failed.response
+        return [{"generated_text": query + text}]
 
     def _gen_params(self, q: Dict[str, str], *, param: str) -> Dict[str, Any]:
         """Optional sampling knobs of /generate (query parameters), validated like the OpenAI ones."""
@@ -326,13 +196,11 @@ class TextGenAPI:
     @api.post("/v1/completions")
     async def completions(self, request: Request):
         try:
-            body = parse_completion_request(parse_json_body(await request.body()))
+            body = parse_completion_request(parse_json_body(await read_body(request)))
             max_tokens = resolve_max_tokens(body.max_tokens, default=self.args.default_max_tokens,
                                             limit=self.args.max_tokens_limit)
             if not body.prompt_text:
                 raise RequestError("'prompt' must not be empty", param="prompt", code="invalid_value")
-            if body.echo:
-                raise RequestError("'echo' is not supported", param="echo", code="unsupported")
         except RequestError as e:
             return _error(e.status, e.body())
         try:
@@ -348,28 +216,23 @@ class TextGenAPI:
         req = {"prompt": body.prompt_text, "max_tokens": max_tokens, "temperature": body.temperature,
                "top_p": body.top_p, "seed": body.seed, "stop": body.stop_list, "id": cid,
                "stream": body.stream}
-        first, gen, err = await self._start(req)
-        if err is not None:
-            return err
         created = now()
-        prompt_tokens = first["prompt_tokens"]
-        if not body.stream:
-            text, end = [], {}
-            async for ev in gen:
-                if ev["event"] == "delta":
-                    text.append(ev["text"])
-                elif ev["event"] == "end":
-                    end = ev
-            return completion_body(id=cid, created=created, model=name, text="".join(text),
-                                   finish_reason=end.get("finish_reason"), prompt_tokens=prompt_tokens,
-                                   completion_tokens=end.get("completion_tokens", 0))
+        try:
+            if not body.stream:
+                first, text, end = await self._generate_text(req)
+                return completion_body(id=cid, created=created, model=name, text=text,
+                                       finish_reason=end.get("finish_reason"), prompt_tokens=first["prompt_tokens"],
+                                       completion_tokens=end.get("completion_tokens", 0))
+            first, events, gen = await self._start(req)
+        except GenerationFailed as failed:
+            return failed.response
         return StreamingResponse(
-            self._sse(gen, cid=cid, created=created, model=name, prompt_tokens=prompt_tokens),
+            self._sse(events, gen, cid=cid, created=created, model=name, prompt_tokens=first["prompt_tokens"]),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _sse(self, gen, *, cid: str, created: int, model: str, prompt_tokens: int):
+    async def _sse(self, events, gen, *, cid: str, created: int, model: str, prompt_tokens: int):
         def chunk(text: str, finish_reason: Optional[str], usage: Optional[dict] = None) -> bytes:
             body = {"id": cid, "object": "text_completion", "created": created, "model": model,
                     "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]}
@@ -379,7 +242,7 @@ class TextGenAPI:
 
         finished = False
         try:
-            async for ev in gen:
+            async for ev in events:
                 if ev["event"] == "delta":
                     yield chunk(ev["text"], None)
                 elif ev["event"] == "end":
@@ -387,9 +250,10 @@ class TextGenAPI:
                     yield chunk("", ev["finish_reason"], {"prompt_tokens": prompt_tokens, "completion_tokens": n,
                                                           "total_tokens": prompt_tokens + n})
             finished = True
-        except Exception as exc:  # noqa: BLE001 - headers are sent: report in-band
-            logger.exception("stream %s failed", cid)
-            yield sse_event(error_body(f"generation failed: {type(exc).__name__}", type="server_error"))
+        except GenerationFailed as failed:  # headers are sent: report in-band, with the status it would have had
+            err = json.loads(failed.response.body)
+            err["error"]["status"] = failed.response.status_code
+            yield sse_event(err)
         finally:
             if not finished:
                 gen.cancel()  # client went away (or failure): free the engine slot

@@ -20,6 +20,10 @@ MAX_STOP_SEQUENCES = 4
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_CHARS_PER_TOKEN = 128  # GPT-2's longest token is 128 bytes: longer prompts cannot fit the context
 MAX_STOP_LENGTH = 256
+# Below these, sampling breaks numerically (logits / temperature overflow to inf; top_p rounds to 0 in float32 and
+# masks every token). Temperature 0 means greedy, so a client wanting "almost greedy" has a way to say it.
+MIN_TEMPERATURE = 0.01
+MIN_TOP_P = 1e-6
 
 
 class RequestError(Exception):
@@ -110,10 +114,47 @@ def parse_json_body(raw: bytes) -> Any:
 # --------------------------------------------------------------------------- request model
 
 
+def find_lone_surrogate(value: Any) -> bool:
+    """Whether a decoded JSON value holds a string with a lone UTF-16 surrogate (``"\\ud800"``): valid JSON, but
+    not text that can be encoded, tokenized or echoed back."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(find_lone_surrogate(k) or find_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(map(find_lone_surrogate, value))
+    return False
+
+
+# OpenAI parameters this server cannot honour: accepted only at their neutral value, else a 400 that says so
+# (silently ignoring them would answer a different question than the one asked).
+_NEUTRAL: Dict[str, Callable[[Any], bool]] = {
+    "logprobs": lambda v: v is None,
+    "best_of": lambda v: v is None or v == 1,
+    "suffix": lambda v: v is None or v == "",
+    "logit_bias": lambda v: v is None or v == {},
+    "presence_penalty": lambda v: v is None or v == 0,
+    "frequency_penalty": lambda v: v is None or v == 0,
+    "echo": lambda v: v is None or v is False,
+}
+
+
+def check_supported(data: Dict[str, Any]) -> None:
+    for key, neutral in _NEUTRAL.items():
+        if key in data and not neutral(data[key]):
+            got = repr(data[key])[:80]
+            raise RequestError(f"'{key}' is not supported by this server (got {got}); leave it out",
+                               param=key, code="unsupported_parameter")
+
+
 class CompletionRequest(BaseModel):
     """The subset of OpenAI's ``POST /v1/completions`` that this server implements.
 
-    Unknown fields are ignored (clients send many); fields we cannot honour are rejected.
+    Unknown fields are ignored (clients send many); OpenAI fields we cannot honour are rejected (`check_supported`).
     """
 
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
@@ -136,6 +177,20 @@ class CompletionRequest(BaseModel):
         if isinstance(v, list):
             if len(v) != 1:
                 raise ValueError("only a single prompt per request is supported (a string or a one-element list)")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float) -> float:
+        if 0 < v < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return v
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, v: float) -> float:
+        if v < MIN_TOP_P:
+            raise ValueError(f"must be at least {MIN_TOP_P}")
         return v
 
     @field_validator("stop")
@@ -166,13 +221,19 @@ def parse_completion_request(data: Any) -> CompletionRequest:
     """Validate a decoded JSON body; pydantic errors become one readable 400."""
     if not isinstance(data, dict):
         raise RequestError("request body must be a JSON object", code="invalid_json")
+    for key, value in data.items():
+        if find_lone_surrogate(key) or find_lone_surrogate(value):
+            param = key if not find_lone_surrogate(key) else None
+            raise RequestError("request holds a lone UTF-16 surrogate (e.g. \\ud800), which is not text",
+                               param=param, code="invalid_encoding")
+    check_supported(data)
     try:
         return CompletionRequest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first.get("loc", ())
         param = str(loc[0]) if loc else None  # the top-level field (unions add member names)
-        msg = first.get("msg", "invalid request")
+        msg = first.get("msg", "invalid request").removeprefix("Value error, ")
         if first.get("type") == "missing":
             msg = f"missing required parameter '{param}'"
         else:

@@ -23,10 +23,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def local_images() -> dict[str, str]:
-    """The images hack/node/images.sh built from the current inputs (and `node.sh up` imported)."""
-    out = subprocess.run(["bash", str(ROOT / "hack" / "node" / "images.sh"), "--print"], check=True,
-                         capture_output=True, text=True, cwd=ROOT).stdout
-    return dict(line.split("=", 1) for line in out.split())
+    """The images `node.sh up` built and imported (written by hack/node/images.sh). Read, not recomputed: the
+    working tree may change while the test runs, and the node has these."""
+    env = ROOT / ".node" / "images.env"
+    assert env.is_file(), f"{env} missing: the node is not up (make node-up)"
+    return dict(line.split("=", 1) for line in env.read_text().split())
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from serve_app import contract as SC
 
+from . import memory
 from .constants import (
     DEFAULT_IMAGE,
     DEFAULT_NODE_TYPE,
@@ -77,13 +78,28 @@ def _add_rules(schema: dict[str, Any], cls: type) -> None:
 # --- spec ----------------------------------------------------------------------------------------------------------
 
 
+AUTOSCALING_MIN_DEFAULT = 1
+AUTOSCALING_MAX_DEFAULT = 4
+# Whether autoscaling is on, in CEL: `enabled` when given, else whether any bound is given (see Autoscaling).
+_CEL_MIN = f"(has(self.autoscaling.minReplicas) ? self.autoscaling.minReplicas : {AUTOSCALING_MIN_DEFAULT})"
+_CEL_MAX = f"(has(self.autoscaling.maxReplicas) ? self.autoscaling.maxReplicas : {AUTOSCALING_MAX_DEFAULT})"
+CEL_AUTOSCALING_ON = ("(has(self.autoscaling.enabled) ? self.autoscaling.enabled : "
+                      "(has(self.autoscaling.minReplicas) || has(self.autoscaling.maxReplicas)))")
+
+
 class Autoscaling(_Obj):
     """Ray Serve autoscaling of the model replicas (and, through KubeRay's in-tree autoscaler, of worker nodes)."""
 
-    enabled: bool = Field(False, description="Autoscale the model replicas between minReplicas and maxReplicas; "
-                          "when false, spec.replicas is a fixed count.")
-    min_replicas: int = Field(1, ge=0, le=1000, description="Fewest model replicas (0 scales to zero when idle).")
-    max_replicas: int = Field(4, ge=1, le=1000, description="Most model replicas.")
+    # Bounds given without `enabled` turn autoscaling on: a spec that gives bounds means them (they used to be ignored
+    # silently); an explicit `enabled: false` pauses autoscaling and keeps the bounds for later.
+    enabled: Optional[bool] = Field(
+        None, description="Autoscale the model replicas between minReplicas and maxReplicas; when false, "
+        "spec.replicas is a fixed count. Unset: on exactly when minReplicas or maxReplicas is set.")
+    min_replicas: Optional[int] = Field(
+        None, ge=0, le=1000,
+        description=f"Fewest model replicas (0 scales to zero when idle; default {AUTOSCALING_MIN_DEFAULT}).")
+    max_replicas: Optional[int] = Field(
+        None, ge=1, le=1000, description=f"Most model replicas (default {AUTOSCALING_MAX_DEFAULT}).")
     target_ongoing_requests: float = Field(
         2.0, gt=0, description="Ongoing requests per replica that the autoscaler aims for.")
     upscale_delay_s: float = Field(30.0, ge=0, description="Seconds of sustained load before adding replicas.")
@@ -92,8 +108,25 @@ class Autoscaling(_Obj):
     node_idle_timeout_s: int = Field(
         60, ge=0, description="Seconds an idle worker node is kept before KubeRay's autoscaler removes it.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any) -> Any:
+        """Fill in what the CRD leaves unset, so the parsed spec always says whether autoscaling is on."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        keys = {"enabled", "min_replicas", "max_replicas", "minReplicas", "maxReplicas"}
+        given = {k for k, v in data.items() if k in keys and v is not None}
+        if "enabled" not in given:
+            data["enabled"] = bool(given)
+        if not given & {"min_replicas", "minReplicas"}:
+            data["minReplicas"] = AUTOSCALING_MIN_DEFAULT
+        if not given & {"max_replicas", "maxReplicas"}:
+            data["maxReplicas"] = AUTOSCALING_MAX_DEFAULT
+        return data
+
     rules = (
-        Rule("self.minReplicas <= self.maxReplicas",
+        Rule(f"{_CEL_MIN.replace('self.autoscaling.', 'self.')} <= {_CEL_MAX.replace('self.autoscaling.', 'self.')}",
              "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
              lambda s: s.min_replicas <= s.max_replicas),
     )
@@ -250,12 +283,25 @@ class TextGenServiceSpec(_Obj):
     cluster: Cluster = Field(default_factory=Cluster, description=Cluster.__doc__)
 
     rules = (
-        Rule("!self.autoscaling.enabled || (self.replicas >= self.autoscaling.minReplicas && "
-             "self.replicas <= self.autoscaling.maxReplicas)",
-             "replicas must be within [autoscaling.minReplicas, autoscaling.maxReplicas] when autoscaling is enabled",
+        Rule(f"!{CEL_AUTOSCALING_ON} || (self.replicas >= {_CEL_MIN} && self.replicas <= {_CEL_MAX})",
+             "replicas must be within [autoscaling.minReplicas, autoscaling.maxReplicas] when autoscaling is on "
+             "(enabled: true, or minReplicas/maxReplicas set without enabled)",
              lambda s: not s.autoscaling.enabled
              or s.autoscaling.min_replicas <= s.replicas <= s.autoscaling.max_replicas),
+        Rule(memory.cel_rule(CEL_AUTOSCALING_ON, _CEL_MAX), memory.MESSAGE, lambda s: s.fits_worker_memory),
     )
+
+    @property
+    def replicas_on_one_worker(self) -> int:
+        """Most model replicas one worker pod can hold: its CPU share, and no more than there can be in all."""
+        total = self.autoscaling.max_replicas if self.autoscaling.enabled else self.replicas
+        return min(self.cluster.replicas_per_node, total)
+
+    @property
+    def fits_worker_memory(self) -> bool:
+        return memory.fits(model=self.model.name, max_batch_size=self.serving.max_batch_size,
+                           replicas_on_node=self.replicas_on_one_worker,
+                           worker_memory_gi=self.cluster.worker_memory_gi)
 
 
 DNS1035 = "^[a-z]([-a-z0-9]*[a-z0-9])?$"

@@ -7,9 +7,7 @@ There is no scheduler or kubelet on the local control plane: Ray pods stay Pendi
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -19,93 +17,24 @@ import urllib.request
 
 import pytest
 import yaml
-from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from textgen_operator import constants as C
 from textgen_operator import handlers
 from textgen_operator.builder import build_rayservice, worker_bounds
 from textgen_operator.spec import TextGenServiceSpec
-from tgs_common import GOLDEN_DIR, ROOT, RULE_CASES, SAMPLES
+from tgs_common import CRD_PATH, GOLDEN_DIR, ROOT, RULE_CASES, SAMPLES, create_tgs, get, get_tgs, load_sample
 
+from serve_app import contract as SC
 from serve_app.run_local import free_port
 from tests.k8s_fixtures import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
-CRD_PATH = ROOT / "manifests" / "crd" / C.CRD_FILENAME
 
-
-
-class LogLines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in self.lines)
-
-
-@pytest.fixture(scope="session")
-def crd_installed(kubectl):
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    kubectl("wait", "--for", "condition=established", "--timeout=60s", f"crd/{C.CRD_NAME}")
-    return True
-
-
-@pytest.fixture
-def api(k8s_api):
-    return client.CustomObjectsApi(k8s_api)
-
-
-@pytest.fixture
-def run_operator(kubeconfig, namespace, crd_installed, monkeypatch):
-    """Context manager factory: the operator, in-process, watching only this test's namespace."""
-    monkeypatch.setenv("KUBECONFIG", kubeconfig)
-    monkeypatch.setattr(handlers, "_API", None)  # the handlers' own client: built from this kubeconfig
-    log = LogLines()
-    logging.getLogger("kopf").addHandler(log)
-
-    @contextlib.contextmanager
-    def run():
-        args = ["run", "--standalone", "--verbose", "--namespace", namespace, "-m", "textgen_operator.handlers"]
-        with KopfRunner(args, timeout=60) as runner:
-            wait_for(lambda: log.count("textgen-operator ready"), "the operator's startup handler")
-            yield log
-        assert runner.exception is None, runner.output
-        assert runner.exit_code == 0, runner.output
-
-    try:
-        yield run
-    finally:
-        logging.getLogger("kopf").removeHandler(log)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------------
-
-
-def load_sample(stem: str) -> dict:
-    return yaml.safe_load((ROOT / "manifests" / "samples" / f"{stem}.yaml").read_text())
-
-
-def create_tgs(api, namespace: str, doc: dict) -> dict:
-    return api.create_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, doc)
-
-
-def get(api, namespace: str, plural: str, name: str, group: str = C.RAY_GROUP, version: str = "v1"):
-    try:
-        return api.get_namespaced_custom_object(group, version, namespace, plural, name)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
-def get_tgs(api, namespace: str, name: str):
-    return get(api, namespace, C.PLURAL, name, C.GROUP, C.VERSION)
 
 
 def rayclusters(api, namespace: str, name: str) -> list[dict]:
@@ -168,9 +97,10 @@ def test_defaults_are_filled_in_by_the_api_server(api, namespace, crd_installed)
     doc = {"apiVersion": C.API_VERSION, "kind": C.KIND, "metadata": {"name": "defaults"}, "spec": {}}
     created = api.create_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, doc, dry_run="All")
     spec = created["spec"]
-    assert spec["replicas"] == 1 and spec["autoscaling"]["enabled"] is False
+    # autoscaling.enabled and its bounds stay unset: unset bounds are what keeps autoscaling off (spec.py)
+    assert spec["replicas"] == 1 and not {"enabled", "minReplicas", "maxReplicas"} & set(spec["autoscaling"])
     assert spec["cluster"]["nodeType"] == "m5.4xlarge" and spec["cluster"]["image"] == C.DEFAULT_IMAGE
-    assert spec["serving"]["maxBatchSize"] == 16 and spec["model"]["name"] == "gpt2"
+    assert spec["serving"]["maxBatchSize"] == SC.MAX_BATCH_SIZE.default and spec["model"]["name"] == "gpt2"
     # what the API server defaults is what the operator's model defaults to
     assert TextGenServiceSpec.model_validate(spec) == TextGenServiceSpec.model_validate({})
 

@@ -82,10 +82,12 @@ def test_spec_and_status_fields():
     assert cluster["image"]["default"] == C.DEFAULT_IMAGE == "textgen-serve:0.1.0"
     assert cluster["rayVersion"]["default"] == C.RAY_VERSION == "2.60.0"
     assert spec["serving"]["properties"]["dtype"]["enum"] == ["float32", "bfloat16", "int8", "auto"]
-    # an absent nested object defaults to all its fields' defaults
+    # an absent nested object defaults to all its fields' defaults; autoscaling's switch and bounds have none, since
+    # bounds set without `enabled` turn autoscaling on (spec.Autoscaling)
     assert spec["autoscaling"]["default"] == {
-        "enabled": False, "minReplicas": 1, "maxReplicas": 4, "targetOngoingRequests": 2.0, "upscaleDelayS": 30.0,
-        "downscaleDelayS": 600.0, "lookBackPeriodS": 30.0, "nodeIdleTimeoutS": 60}
+        "targetOngoingRequests": 2.0, "upscaleDelayS": 30.0, "downscaleDelayS": 600.0, "lookBackPeriodS": 30.0,
+        "nodeIdleTimeoutS": 60}
+    assert not {"default"} & (set(auto["enabled"]) | set(auto["minReplicas"]) | set(auto["maxReplicas"]))
     assert spec["cluster"]["default"]["head"] == {} and spec["cluster"]["properties"]["worker"]["default"] == {}
     assert "&id" not in crd.render()
     status = props["status"]["properties"]
@@ -105,7 +107,7 @@ def test_every_rule_is_in_the_crd_with_its_message():
     declared = {(r.cel, r.message) for m in (TextGenServiceSpec, Autoscaling, Serving, Cluster) for r in m.rules}
     declared |= {(r.cel, r.message) for r in ROOT_RULES}
     assert declared and declared == in_crd
-    assert ("self.minReplicas <= self.maxReplicas",
+    assert ("(has(self.minReplicas) ? self.minReplicas : 1) <= (has(self.maxReplicas) ? self.maxReplicas : 4)",
             "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas") in in_crd
 
 

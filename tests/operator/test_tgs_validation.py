@@ -38,9 +38,27 @@ def test_the_boundary_itself_is_valid(case):
         "worker-memory-fit": {"cluster": {"worker": {"memoryGi": 56}}},
         "head-cpus-fit": {"cluster": {"nodeType": "m5.xlarge", "head": {"cpus": 3}}},
         "head-memory-fit": {"cluster": {"nodeType": "m5.xlarge", "head": {"memoryGi": 14}}},
+        "worker-memory-admission": {"serving": {"maxBatchSize": 18},
+                                    "cluster": {"cpusPerReplica": 1, "worker": {"cpus": 2, "memoryGi": 4}}},
     }
     parsed, problems = parse("demo", edges[case])
     assert problems == [] and parsed is not None
+
+
+@pytest.mark.parametrize("spec,fits", [
+    ({}, True),  # the defaults: one replica, batch 32, an m5.4xlarge worker
+    ({"replicas": 7, "serving": {"maxBatchSize": 64}}, True),  # 7 replicas fill the worker's CPUs and just fit
+    ({"replicas": 7, "serving": {"maxBatchSize": 256}}, False),  # ~19 GiB of KV cache each: the issue's case
+    ({"serving": {"maxBatchSize": 256}}, True),  # the same batch, but one replica in all
+    ({"autoscaling": {"enabled": True, "maxReplicas": 8}, "serving": {"maxBatchSize": 128}}, False),
+    ({"model": {"name": "gpt2-xl"}, "replicas": 3, "serving": {"maxBatchSize": 32}}, False),
+    ({"model": {"name": "gpt2-xl"}, "replicas": 3, "serving": {"maxBatchSize": 8}}, True),
+])
+def test_memory_admission(spec, fits):
+    """replicas on one worker x (weights + full KV cache) must fit the worker pod's memory."""
+    parsed, problems = parse("demo", spec)
+    assert (parsed is not None) is fits, problems
+    assert fits or any(p.startswith("the model replicas that fit on one worker pod") for p in problems)
 
 
 def test_replicas_outside_bounds_are_fine_without_autoscaling():
@@ -91,3 +109,25 @@ def test_defaults_are_valid():
     spec = validate("demo", None)
     assert spec.replicas == 1 and spec.cluster.node_type == "m5.4xlarge" and spec.model.name == "gpt2"
     assert spec.autoscaling.enabled is False
+
+
+@pytest.mark.parametrize("autoscaling,on,bounds", [
+    ({}, False, (1, 4)),
+    ({"minReplicas": 1, "maxReplicas": 8}, True, (1, 8)),  # what a new user writes: bounds mean autoscaling
+    ({"maxReplicas": 8}, True, (1, 8)),
+    ({"enabled": False, "minReplicas": 1, "maxReplicas": 8}, False, (1, 8)),  # paused, bounds kept
+    ({"enabled": True}, True, (1, 4)),
+])
+def test_autoscaling_bounds_imply_autoscaling_unless_disabled(autoscaling, on, bounds):
+    from textgen_operator.builder import build_serve_config
+
+    parsed, problems = parse("demo", {"autoscaling": autoscaling})
+    assert problems == []
+    assert parsed.autoscaling.enabled is on
+    assert (parsed.autoscaling.min_replicas, parsed.autoscaling.max_replicas) == bounds
+    model = build_serve_config(parsed)["applications"][0]["deployments"][0]
+    if on:
+        auto = model["autoscaling_config"]
+        assert (auto["min_replicas"], auto["max_replicas"]) == bounds and "num_replicas" not in model
+    else:
+        assert model["num_replicas"] == 1 and "autoscaling_config" not in model

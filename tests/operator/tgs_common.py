@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+from kubernetes.client.exceptions import ApiException
+from textgen_operator import constants as C
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = ROOT / "manifests" / "samples"
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 SAMPLES = sorted(SAMPLES_DIR.glob("*.yaml"))
+CRD_PATH = ROOT / "manifests" / "crd" / C.CRD_FILENAME
 
 
 # (spec, the message the operator and the API server both give)
@@ -17,7 +22,7 @@ RULE_CASES = {
                  "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"),
     "replicas-in-bounds": ({"replicas": 9, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4}},
                            "replicas must be within [autoscaling.minReplicas, autoscaling.maxReplicas] when "
-                           "autoscaling is enabled"),
+                           "autoscaling is on"),
     "default<=limit": ({"serving": {"maxTokensLimit": 32, "defaultMaxTokens": 64}},
                        "serving.defaultMaxTokens must be less than or equal to serving.maxTokensLimit"),
     "ongoing>=batch": ({"serving": {"maxBatchSize": 64, "maxOngoingRequests": 8}},
@@ -33,4 +38,32 @@ RULE_CASES = {
                       "cluster.head.cpus must fit the node type"),
     "head-memory-fit": ({"cluster": {"nodeType": "m5.xlarge", "head": {"memoryGi": 16}}},
                         "cluster.head.memoryGi must fit the node type"),
+    # one replica of GPT-2 124M: 640 + 475 + 72 x 19 x 3/2 MiB + 1024 MiB > 4 GiB (18 fits: the boundary case)
+    "worker-memory-admission": ({"serving": {"maxBatchSize": 19},
+                                 "cluster": {"cpusPerReplica": 1, "worker": {"cpus": 2, "memoryGi": 4}}},
+                                "the model replicas that fit on one worker pod need more memory than it has"),
 }
+
+
+# --- cluster test helpers (a kubernetes CustomObjectsApi as `api`) ---------------------------------------------
+
+
+def load_sample(stem: str) -> dict:
+    return yaml.safe_load((ROOT / "manifests" / "samples" / f"{stem}.yaml").read_text())
+
+
+def create_tgs(api, namespace: str, doc: dict) -> dict:
+    return api.create_namespaced_custom_object(C.GROUP, C.VERSION, namespace, C.PLURAL, doc)
+
+
+def get(api, namespace: str, plural: str, name: str, group: str = C.RAY_GROUP, version: str = "v1"):
+    try:
+        return api.get_namespaced_custom_object(group, version, namespace, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def get_tgs(api, namespace: str, name: str):
+    return get(api, namespace, C.PLURAL, name, C.GROUP, C.VERSION)

@@ -219,7 +219,7 @@ class Cluster(_Obj):
         DEFAULT_NODE_TYPE, description="Instance type of the Ray nodes, selected by the "
         "node.kubernetes.io/instance-type label.")
     cpus_per_replica: float = Field(
-        2.0, ge=0.5, le=64, description="CPUs (Ray num_cpus) of one model replica.")
+        2.0, ge=0.25, le=64, description="CPUs (Ray num_cpus) of one model replica.")
     head: PodResources = Field(
         default_factory=PodResources,
         description="Head pod resources (default 2 CPUs, 8 GiB). The head runs no Serve replicas.")

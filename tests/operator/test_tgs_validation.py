@@ -81,7 +81,7 @@ def test_name_rules():
     ({"serving": {"dtype": "float16"}}, "spec.serving.dtype"),
     ({"serving": {"maxTokensLimit": 2048}}, "spec.serving.maxTokensLimit"),
     ({"cluster": {"nodeType": "t2.micro"}}, "spec.cluster.nodeType"),
-    ({"cluster": {"cpusPerReplica": 0.3}}, "spec.cluster.cpusPerReplica"),
+    ({"cluster": {"cpusPerReplica": 0.2}}, "spec.cluster.cpusPerReplica"),
     ({"cluster": {"rayVersion": "latest"}}, "spec.cluster.rayVersion"),
     ({"cluster": {"upgradeStrategy": "Rolling"}}, "spec.cluster.upgradeStrategy"),
     ({"unknownField": 1}, "spec.unknownField"),

@@ -88,6 +88,10 @@ remove_kube_iptables() {
       for chain in $("$cmd" -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
         "$cmd" -t "$t" -X "$chain" 2>/dev/null || true
       done
+      # iptables-nft made the table for the kubelet: drop it when nothing but default policies is left.
+      if ! "$cmd" -t "$t" -S 2>/dev/null | grep -qv '^-P '; then
+        nft delete table "$([ "$cmd" = iptables ] && echo ip || echo ip6)" "$t" 2>/dev/null || true
+      fi
     done
   done
 }

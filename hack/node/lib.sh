@@ -9,7 +9,9 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 CACHE_ROOT="${TEXTGEN_CACHE:-$HOME/.cache/textgen-operator}"
 NODE_CACHE="$CACHE_ROOT/node"
 NODE_STATE="${NODE_DIR:-$ROOT/.node}"
-CLUSTER_STATE="${CLUSTER_DIR:-$ROOT/.cluster}"
+# The node's own control plane (hack/cluster/cluster.sh in node mode), apart from the tests' .cluster/: tests that
+# run meanwhile against .cluster/ neither see the node's pods nor land theirs on it.
+CLUSTER_STATE="${CLUSTER_DIR:-$ROOT/.node-cluster}"
 
 # One node per machine: the bridge, the nft tables and containerd's socket are machine-wide names.
 NODE_NAME=textgen-node

@@ -2,7 +2,7 @@
 # A real Kubernetes node beside the local control plane (hack/cluster): containerd + runc (Debian's), CNI bridge,
 # kubelet, kube-proxy (nftables), kube-scheduler and CoreDNS, all as host processes started by this script.
 #
-#   hack/node/node.sh up       # control plane in node mode (hack/cluster/cluster.sh), images, node; idempotent
+#   hack/node/node.sh up       # its control plane (.node-cluster/, node mode), images, node; idempotent
 #   hack/node/node.sh down     # stop the node's pods and processes, undo its network, mounts, cgroups, sysctls
 #   hack/node/node.sh status   # processes and memory (RSS), the node's pods
 #
@@ -210,7 +210,7 @@ cmd_up() {
   "$NODE_LIB_HERE/deps.sh"
   "$NODE_LIB_HERE/build.sh"
   # The control plane, started (or restarted) able to serve a node: see hack/cluster/cluster.sh.
-  CLUSTER_NODE_IP="$NODE_IP" PY="$PY" BIN="$BIN" "$ROOT/hack/cluster/cluster.sh" up >/dev/null
+  CLUSTER_NODE_IP="$NODE_IP" CLUSTER_DIR="$CLUSTER_STATE" PY="$PY" BIN="$BIN" "$ROOT/hack/cluster/cluster.sh" up >/dev/null
   if all_running; then log "already running"; return 0; fi
   cmd_down quiet
   mkdir -p "$NODE_STATE/logs" "$NODE_STATE/pids"
@@ -221,7 +221,9 @@ cmd_up() {
   make_credentials
   write_configs "$cgroup_root" "$PAUSE_IMAGE"
   setup_network
-  start_component containerd --config "$NODE_STATE/containerd/config.toml"
+  # No registry is reachable (nor may be tried): a pull goes to a closed loopback proxy port and fails at once.
+  HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= http_proxy= https_proxy= no_proxy= \
+    start_component containerd --config "$NODE_STATE/containerd/config.toml"
   wait_for containerd 30 containerd_ready || die "containerd did not start"
   t=$(date +%s); "$NODE_LIB_HERE/images.sh"; log "images ready in $(( $(date +%s) - t )) s"
   . "$NODE_STATE/ports.env"

@@ -8,6 +8,7 @@ are printed at the end and written to .cache/e2e-local/timings.json. `make e2e-l
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(3600)]
 def tgs_manifest(serve_image: str) -> str:
     # Sized for a 2-CPU node: head 1 CPU (Ray's head runs no replicas) + one worker of 1 CPU holding the ingress
     # (0.5 CPU) and up to two model replicas of 0.25 CPU. The operator pod asks for no CPU (see helm_install).
+    # Memory admission (operator/textgen_operator/memory.py): 2 x (640 + 475 + 36 x 4 x 1.5) + 1024 MiB <= 5 GiB.
     return f"""
 apiVersion: textgen.dev/v1alpha1
 kind: TextGenService
@@ -36,7 +38,7 @@ metadata: {{name: {TGS}, namespace: {NAMESPACE}}}
 spec:
   replicas: 1
   model: {{name: /models/{STAND_IN}}}
-  serving: {{maxBatchSize: 8, defaultMaxTokens: 16, maxTokensLimit: 64, dtype: float32}}
+  serving: {{maxBatchSize: 4, defaultMaxTokens: 16, maxTokensLimit: 64, dtype: float32}}
   cluster:
     image: {serve_image}
     imagePullPolicy: Never
@@ -44,7 +46,7 @@ spec:
     cpusPerReplica: 0.25
     upgradeStrategy: None
     head: {{cpus: 1, memoryGi: 3}}
-    worker: {{cpus: 1, memoryGi: 4}}
+    worker: {{cpus: 1, memoryGi: 5}}
 """
 
 
@@ -104,33 +106,38 @@ def serve_replicas(kubectl, cluster: str) -> list[str]:
     return [r.get("state") for r in app.get("deployments", {}).get("GPT2Model", {}).get("replicas", [])]
 
 
-def helm_install(kubectl, operator_image: str) -> None:
-    import subprocess
+def helm(kubeconfig: str, *args: str) -> str:
+    proc = subprocess.run([str(ROOT / ".cache" / "bin" / "helm"), "--kubeconfig", kubeconfig, *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
 
+
+def helm_install(kubeconfig: str, operator_image: str) -> None:
     repo, tag = operator_image.rsplit(":", 1)
-    subprocess.run(
-        [str(ROOT / ".cache" / "bin" / "helm"), "--kubeconfig", str(ROOT / ".cluster" / "kubeconfig"), "install",
-         RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", "--wait", "--timeout", "5m",
+    helm(kubeconfig, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", "--wait", "--timeout", "5m",
          "--set", f"image.repository={repo}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
          # Head (1 CPU) + worker (1 CPU) fill this 2-CPU node: the operator pod requests no CPU (limit unchanged).
-         "--set", "resources.requests.cpu=0"],
-        check=True, capture_output=True, text=True)
+         "--set", "resources.requests.cpu=0")
 
 
-def helm(*args: str) -> str:
-    import subprocess
+def applied(kubectl) -> list[dict]:
+    """The RayService, once there; fails at once when the operator refused the spec (Degraded=True)."""
+    tgs = jget(kubectl, "tgs", TGS, "-n", NAMESPACE)
+    degraded = next((c for c in tgs.get("status", {}).get("conditions", []) if c["type"] == "Degraded"), {})
+    assert degraded.get("status") != "True", f"the operator refused the TextGenService: {degraded}"
+    return items(kubectl, "rayservices")
 
-    return subprocess.run([str(ROOT / ".cache" / "bin" / "helm"), "--kubeconfig", str(ROOT / ".cluster" / "kubeconfig"),
-                           *args], check=True, capture_output=True, text=True).stdout
 
-
-def test_textgenservice_end_to_end_on_the_local_node(kubectl, local_images, node_status):
+def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_images, node_status):
     t = Timings()
     node = jget(kubectl, "node", "textgen-node")
     assert node["metadata"]["labels"]["node.kubernetes.io/instance-type"] == "m5.4xlarge"
 
-    # 1. helm install: the operator runs in a pod, from the local image, as the chart's ServiceAccount.
-    helm_install(kubectl, local_images["OPERATOR_IMAGE"])
+    # 1. helm install: the operator runs in a pod, from the local image, as the chart's ServiceAccount. Helm never
+    # updates a CRD that exists (one an earlier run left): apply the chart's copy first, as users do on upgrades.
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    helm_install(kubeconfig, local_images["OPERATOR_IMAGE"])
     (op_pod,) = items(kubectl, "pods", "-l", f"app.kubernetes.io/instance={RELEASE}")
     assert op_pod["status"]["phase"] == "Running"
     assert op_pod["spec"]["containers"][0]["image"] == local_images["OPERATOR_IMAGE"]
@@ -144,7 +151,7 @@ def test_textgenservice_end_to_end_on_the_local_node(kubectl, local_images, node
 
     # 2. apply -> RayService -> RayCluster -> head and worker Running -> Ready, READY == replicas, status.url.
     kubectl("apply", "-f", "-", input=tgs_manifest(local_images["SERVE_IMAGE"]))
-    wait_for(lambda: items(kubectl, "rayservices"), "the RayService", timeout=60)
+    wait_for(lambda: applied(kubectl), "the RayService", timeout=120)
     t.lap("apply -> RayService")
     clusters = wait_for(lambda: items(kubectl, "rayclusters"), "the RayCluster", timeout=120)
     cluster = clusters[0]["metadata"]["name"]
@@ -205,7 +212,7 @@ def test_textgenservice_end_to_end_on_the_local_node(kubectl, local_images, node
              and not items(kubectl, "pods", "-l", "ray.io/is-ray-node=yes"), "RayService, RayCluster and pods gone",
              timeout=300, interval=2)
     t.lap("delete tgs -> RayService, RayCluster, pods gone")
-    helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "3m")
+    helm(kubeconfig, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "3m")
     left = kubectl("get", "all,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings", "-A", "-l",
                    f"app.kubernetes.io/instance={RELEASE}", "-o", "name").stdout.split()
     assert left == [], left

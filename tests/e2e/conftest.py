@@ -32,8 +32,9 @@ def local_images() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def node_status():
-    """`hack/node/node.sh status`: the node's processes and pods with their memory, as text."""
+    """The node's control plane, processes and pods with their memory (`cluster.sh status`, `node.sh status`)."""
     def run() -> str:
-        return subprocess.run(["bash", str(ROOT / "hack" / "node" / "node.sh"), "status"], capture_output=True,
-                              text=True, cwd=ROOT).stdout
+        return "".join(subprocess.run(["bash", str(ROOT / "hack" / script), "status"], capture_output=True, text=True,
+                                      cwd=ROOT, env={**os.environ, "CLUSTER_DIR": str(ROOT / ".node-cluster")}).stdout
+                       for script in ("cluster/cluster.sh", "node/node.sh"))
     return run

@@ -222,11 +222,12 @@ def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_
              timeout=300, interval=2)
     t.lap("delete tgs -> RayService, RayCluster, pods gone")
     helm(kubeconfig, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "3m")
-    left = kubectl("get", "all,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings", "-A", "-l",
-                   f"app.kubernetes.io/instance={RELEASE}", "-o", "name").stdout.split()
-    assert left == [], left
+    # Helm waits for the Deployment; its pod goes by garbage collection a little later.
+    released = "all,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings"
+    wait_for(lambda: not kubectl("get", released, "-A", "-l", f"app.kubernetes.io/instance={RELEASE}",
+                                 "-o", "name").stdout.split(), "nothing of the release left", timeout=120, interval=2)
+    assert not items(kubectl, "pods") and not items(kubectl, "tgs")
     assert kubectl("get", "crd", "textgenservices.textgen.dev", "-o", "name").stdout.strip()
-    wait_for(lambda: not items(kubectl, "pods"), "operator pod gone", timeout=120)
     kubectl("delete", "namespace", NAMESPACE, "--wait=false")
     t.lap("helm uninstall -> only the CRD left")
 

@@ -2,14 +2,19 @@
 
 - reconcile (create/update/resume of a TextGenService): validate, server-side apply the RayService with an owner
   reference (garbage collection deletes it: no finalizer), mirror status.
-- rayservice_event (any change to a RayService we manage): re-apply it when it drifted or was deleted, and mirror
-  its status into the owning TextGenService.
+- rayservice_event (any change to a RayService we manage): the fast path of drift repair; its errors are logged
+  and dropped by kopf, which is why the repair loop exists.
+- the repair loop (started at startup, level-based): every REPAIR_INTERVAL_S, for every TextGenService kopf sees
+  (an in-memory index: no finalizer, no extra watch), re-create a missing RayService, re-apply a drifted one and
+  mirror status; a failure is retried on the next round. A RayService of the same name that this TextGenService
+  does not own is never touched: the TextGenService reports Degraded/RayServiceConflict instead.
 
 Run with `python -m textgen_operator` or `kopf run --standalone -m textgen_operator.handlers`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -22,11 +27,16 @@ from kubernetes.client.exceptions import ApiException
 
 from . import constants as C
 from .builder import build_rayservice
+from .ownership import conflict_message, is_subset, owned_by
 from .spec import TextGenServiceSpec
 from .status import build_status
 from .validation import InvalidSpec, parse, validate
 
 _API: k8s.ApiClient | None = None
+# (connect, read) seconds of every API call we make: a stuck connection fails the call (retried by the repair loop)
+# instead of pinning a handler while liveness stays green.
+API_TIMEOUT_S = (10, 30)
+REPAIR_INTERVAL_S = 15
 
 
 def api() -> k8s.CustomObjectsApi:
@@ -38,6 +48,7 @@ def api() -> k8s.CustomObjectsApi:
         except k8s_config.ConfigException:
             # $KUBECONFIG read now: the client's own default is frozen when the kubernetes package is imported.
             k8s_config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
+        cfg.retries = 1  # with API_TIMEOUT_S: a dead server fails a call in about a minute, not urllib3's four tries
         _API = k8s.ApiClient(cfg)
     return k8s.CustomObjectsApi(_API)
 
@@ -59,6 +70,8 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=C.ANNOTATION_PREFIX, key="last-handled-configuration")
     settings.peering.standalone = True
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
     # Events are posted explicitly (RayServiceApplied, InvalidSpec); log lines are not (posting.loggers stays off:
     # a line per RayService status change would flood the Events).
     settings.posting.level = logging.INFO
@@ -73,7 +86,8 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
 
 def _get_or_none(group: str, version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return api().get_namespaced_custom_object(group, version, namespace, plural, name)
+        return api().get_namespaced_custom_object(group, version, namespace, plural, name,
+                                                  _request_timeout=API_TIMEOUT_S)
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -94,7 +108,7 @@ def apply_rayservice(body: dict[str, Any]) -> dict[str, Any]:
     return api().patch_namespaced_custom_object(
         C.RAY_GROUP, C.RAY_VERSION_API, meta["namespace"], C.RAYSERVICE_PLURAL, meta["name"], body,
         field_manager=C.FIELD_MANAGER, force=True, field_validation="Strict",
-        _content_type="application/apply-patch+yaml")
+        _content_type="application/apply-patch+yaml", _request_timeout=API_TIMEOUT_S)
 
 
 def patch_status(tgs: Mapping[str, Any], status: dict[str, Any]) -> None:
@@ -104,7 +118,7 @@ def patch_status(tgs: Mapping[str, Any], status: dict[str, Any]) -> None:
     try:
         api().patch_namespaced_custom_object_status(
             C.GROUP, C.VERSION, meta["namespace"], C.PLURAL, meta["name"], {"status": status},
-            _content_type="application/merge-patch+json")
+            _content_type="application/merge-patch+json", _request_timeout=API_TIMEOUT_S)
     except ApiException as exc:
         if exc.status != 404:  # deleted meanwhile: nothing to report on
             raise
@@ -134,16 +148,65 @@ def ensure_rayservice(tgs: Mapping[str, Any], spec: TextGenServiceSpec, current:
     return applied
 
 
-def is_subset(want: Any, have: Any) -> bool:
-    """Whether everything in `want` is present and equal in `have` (extra keys in `have` are fine)."""
-    if isinstance(want, Mapping):
-        return isinstance(have, Mapping) and all(k in have and is_subset(v, have[k]) for k, v in want.items())
-    if isinstance(want, list):
-        return isinstance(have, list) and len(want) == len(have) and all(map(is_subset, want, have))
-    return want == have
+def report_conflict(tgs: Mapping[str, Any], foreign: Mapping[str, Any], logger: logging.Logger) -> None:
+    """Leave a RayService we do not own alone; say so on the TextGenService (one Event per conflict, not per round)."""
+    message = conflict_message(tgs, foreign)
+    old = {c.get("type"): c for c in (tgs.get("status") or {}).get("conditions") or []}
+    if (old.get("Degraded") or {}).get("reason") != "RayServiceConflict":
+        logger.warning(message)
+        kopf.warn(tgs, reason="RayServiceConflict", message=message)
+    patch_status(tgs, build_status(tgs, None, conflict=message))
+
+
+def sync(tgs: Mapping[str, Any], current: Mapping[str, Any] | None, why: str, logger: logging.Logger) -> None:
+    """Level-based: make the RayService match a valid spec (unless someone else owns it), then mirror status."""
+    if current is not None and not owned_by(current, tgs):
+        report_conflict(tgs, current, logger)
+        return
+    parsed, _problems = parse(tgs["metadata"]["name"], tgs.get("spec"))
+    if parsed is not None:  # an invalid spec was reported by reconcile: change nothing, keep mirroring status
+        current = ensure_rayservice(tgs, parsed, current, why, logger)
+    patch_status(tgs, build_status(tgs, current))
+
+
+def repair(namespace: str, name: str, logger: logging.Logger) -> None:
+    tgs = get_textgenservice(namespace, name)
+    if tgs is None or tgs["metadata"].get("deletionTimestamp"):
+        return  # gone or going: garbage collection takes the RayService with it
+    sync(tgs, get_rayservice(namespace, name), "it drifted from its TextGenService", logger)
 
 
 # --- handlers -------------------------------------------------------------------------------------------------------
+
+
+@kopf.index(C.GROUP, C.VERSION, C.PLURAL)
+def textgenservice_keys(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
+    """Every TextGenService kopf watches, for the repair loop."""
+    return {(namespace, name): True}
+
+
+async def repair_loop(keys: kopf.Index, logger: logging.Logger) -> None:
+    while True:
+        await asyncio.sleep(REPAIR_INTERVAL_S)
+        for namespace, name in list(keys):
+            try:
+                await asyncio.to_thread(repair, namespace, name, logger)
+            except Exception as exc:  # noqa: BLE001 - retried next round; one bad object must not stop the others
+                logger.warning("repairing %s/%s failed, retrying in %s s: %s", namespace, name, REPAIR_INTERVAL_S,
+                               exc)
+
+
+@kopf.on.startup()
+async def start_repair_loop(memo: kopf.Memo, textgenservice_keys: kopf.Index, logger: logging.Logger,
+                            **_: Any) -> None:
+    memo["repair_task"] = asyncio.create_task(repair_loop(textgenservice_keys, logger), name="textgen repair loop")
+
+
+@kopf.on.cleanup()
+async def stop_repair_loop(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("repair_task")
+    if task is not None:
+        task.cancel()
 
 
 @kopf.on.resume(C.GROUP, C.VERSION, C.PLURAL)
@@ -153,6 +216,9 @@ def reconcile(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, logge
               **_: Any) -> None:
     tgs = dict(body)
     current = get_rayservice(namespace, name)
+    if current is not None and not owned_by(current, tgs):
+        report_conflict(tgs, current, logger)  # the repair loop takes over once the other RayService is gone
+        return
     try:
         parsed = validate(name, spec)
     except InvalidSpec as exc:
@@ -181,7 +247,4 @@ def rayservice_event(event: kopf.RawEvent, body: kopf.Body, namespace: str, logg
     if tgs is None or tgs["metadata"].get("deletionTimestamp"):
         return  # the owner is going away; garbage collection takes the RayService with it
     current = None if event.get("type") == "DELETED" else dict(body)
-    parsed, _problems = parse(owner, tgs.get("spec"))
-    if parsed is not None:  # an invalid spec was reported by reconcile: change nothing, keep mirroring status
-        current = ensure_rayservice(tgs, parsed, current, "it drifted from its TextGenService", logger)
-    patch_status(tgs, build_status(tgs, current))
+    sync(tgs, current, "it drifted from its TextGenService", logger)

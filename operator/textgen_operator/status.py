@@ -42,9 +42,10 @@ def _condition(old: Mapping[str, Any] | None, type_: str, status: str, reason: s
     return cond
 
 
-def build_status(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None, *, now: str | None = None
-                 ) -> dict[str, Any]:
-    """The `.status` of TextGenService `tgs` given its RayService (None when there is none).
+def build_status(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None, *, now: str | None = None,
+                 conflict: str | None = None) -> dict[str, Any]:
+    """The `.status` of TextGenService `tgs` given its RayService (None when there is none); `conflict` says why a
+    RayService of the same name that is not ours blocks it (that one is never mirrored).
 
     Keys left out (replicas when the spec is invalid) keep their old values under a merge patch.
     """
@@ -61,6 +62,10 @@ def build_status(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None, *
     parsed, problems = parse(name, tgs.get("spec"))
     ready, progressing, degraded = _mirror(rayservice, generation)
 
+    if conflict:
+        ready = ("False", "RayServiceConflict", conflict)
+        degraded = ("True", "RayServiceConflict", conflict)
+        progressing = ("False", "RayServiceConflict", "Waiting for the other RayService to go away.")
     if problems:
         degraded = ("True", "InvalidSpec", "; ".join(problems))
         progressing = ("False", "InvalidSpec", "The operator will not apply this spec; fix it to continue.")

@@ -67,6 +67,7 @@ def torch_threads_for(requested: Optional[int], cpu_share: float) -> int:
     return max(1, int(round(cpu_share))) if cpu_share >= 1 else 1
 
 
+# Serve replaces a replica after 3 failed checks in a row: a stuck engine step is gone in about MAX_STEP_S + 30 s.
 @serve.deployment(name=contract.MODEL_DEPLOYMENT, ray_actor_options={"num_cpus": 1}, health_check_period_s=10,
                   health_check_timeout_s=30)
 class GPT2Model:

@@ -45,8 +45,9 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 .PHONY: test
-test: venv model cluster-build tools ## Set everything up and run the whole test suite.
+test: venv model cluster-build tools ## Set everything up and run the whole test suite, then the end-to-end run on a local node.
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) e2e-local PYTEST_ARGS=
 
 .PHONY: test-unit
 test-unit: venv ## Run only the fast tests (no Ray, no cluster).

@@ -32,9 +32,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-# libgomp's default spin-waiting collapses when the cores are shared (measured 4-10x slower steps with 2 threads
-# under load, bench/ENGINE.md); it is read when torch loads, so set it before the import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from serve_app.openmp import reexec_with_replica_env  # noqa: E402
+
+if __name__ == "__main__":  # not when imported (tests)
+    reexec_with_replica_env()  # the OpenMP runtime a model replica runs with
 
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402

@@ -8,7 +8,7 @@ runs the IR that ``make openvino-models`` exported from them), the 32 prompts of
 tokenized once here with the model's tokenizer (both engines get the same ids), 50 new greedy tokens each
 with EOS ignored, float32 compute. Measured, after one warm-up batch: all 32 prompts submitted at once
 (tokens/s of the mean wall time over ``--repeats`` batches) and the batch-1 latency of one prompt (median).
-One engine at a time: ours here (2 torch threads, ``OMP_WAIT_POLICY=PASSIVE`` as the serve config sets),
+One engine at a time: ours here (2 torch threads, the OpenMP runtime a model replica gets: serve_app/openmp.py),
 OpenVINO as a subprocess from its own venv (``bench/openvino_engine.py``).
 
 Greedy check: the first ``--check-prompts`` prompts' tokens from every engine are compared with transformers'
@@ -29,8 +29,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-# Read when torch loads (bench/ENGINE.md: spinning OpenMP workers steal the core from the engine's Python side).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from serve_app.openmp import loaded_runtime, reexec_with_replica_env  # noqa: E402
+
+if __name__ == "__main__":  # not when imported (tests)
+    reexec_with_replica_env("bench.engine_offline")  # the OpenMP runtime a model replica runs with
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / ".models" / "gpt2-random-init"
@@ -105,7 +107,7 @@ def measure_ours(model, prompt_ids, new_tokens: int, repeats: int, threads: int,
     generated = sum(len(t) for t in tokens)
     return {
         "engine": "ours: serve_app.engine.GenerationEngine", "dtype": dtype, "threads": threads,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "max_batch_size": len(prompt_ids),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "openmp": loaded_runtime(), "max_batch_size": len(prompt_ids),
         "generated_tokens": generated, "batch_wall_s": [round(w, 3) for w in walls],
         "tokens_per_s": round(generated / statistics.mean(walls), 1),
         "batch1_latency_s": round(statistics.median(singles[1:]), 3),
@@ -124,7 +126,8 @@ def measure_openvino(model_dir: Path, variant: str, ids_file: Path, new_tokens: 
     cmd = [str(python), str(ROOT / "bench" / "openvino_engine.py"), "--model-dir", str(ov_dir),
            "--prompt-ids", str(ids_file), "--new-tokens", str(new_tokens), "--repeats", str(repeats),
            "--json", str(out), *extra_args]
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OMP_WAIT_POLICY")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "OMP_WAIT_POLICY", "LD_PRELOAD", "TEXTGEN_REPLICA_ENV")}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}

@@ -17,7 +17,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the serve config sets it; read when torch loads
+from serve_app.openmp import loaded_runtime, reexec_with_replica_env  # noqa: E402
+
+if __name__ == "__main__":  # not when imported
+    reexec_with_replica_env()  # the OpenMP runtime a model replica runs with (read when torch loads)
 
 import torch  # noqa: E402
 from transformers import GPT2LMHeadModel  # noqa: E402
@@ -73,7 +76,7 @@ def main() -> int:
     torch.set_num_threads(a.threads)
     batches = [int(b) for b in a.batches.split(",")]
     runner = GPT2Runner(GPT2LMHeadModel.from_pretrained(a.model_dir).eval(), dtype=a.dtype, max_slots=max(batches))
-    out = {"dtype": a.dtype, "threads": a.threads, "context": a.context, "cpu": cpu_info(),
+    out = {"dtype": a.dtype, "threads": a.threads, "openmp": loaded_runtime(), "context": a.context, "cpu": cpu_info(),
            "clock": "thread CPU time" if a.threads == 1 else "wall", "points": []}
     with torch.inference_mode():
         runner.warmup(max(batches))

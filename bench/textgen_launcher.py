@@ -148,6 +148,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"[textgen_launcher] config source: {a.config if base else 'HACKING.md contract'}", flush=True)
     print(f"[textgen_launcher] serve config: {json.dumps(cfg)}", flush=True)
 
+    from serve_app.openmp import apply_replica_env
+
+    print(f"[textgen_launcher] replica environment: {apply_replica_env()}", flush=True)  # before Ray starts them
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api

@@ -19,9 +19,6 @@ INGRESS_DEPLOYMENT = "TextGenAPI"
 SERVE_PORT = 8000
 # Serve's HTTP request timeout: a request still unanswered after this gets 408 instead of holding a slot forever.
 REQUEST_TIMEOUT_S = 300
-# Idle OpenMP threads sleep instead of spinning, so they do not steal the core that runs the replica's
-# Python/asyncio side (measured 1.3-1.8x tokens/s for the engine alone; bench/ENGINE.md). Read when torch loads.
-REPLICA_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from ray import serve
 
 from serve_app import contract
 from serve_app.config import AppArgs
+from serve_app.openmp import loaded_runtime
 from serve_app.textproc import (
     RequestError,
     TextStream,
@@ -160,7 +161,7 @@ class GPT2Model:
         self._ensure_metrics_task()
         st = self.engine.stats()
         st.update(model=self.info.name, pid=os.getpid(), rss_bytes=_rss_bytes(), torch_threads=self.threads,
-                  dtype=self.engine.dtype)
+                  dtype=self.engine.dtype, openmp=loaded_runtime())
         return st
 
     def check_health(self) -> None:

@@ -21,6 +21,8 @@ from typing import Any, Dict, Optional
 
 import yaml
 
+from serve_app.openmp import apply_replica_env
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "serve_app" / "config" / "local.yaml"
 PATH_ARGS = ("model", "fallback_model_dir")
@@ -117,6 +119,9 @@ def main(argv: Optional[list] = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    omp = apply_replica_env()
+    _say("OpenMP for the model replicas: " + (f"Intel OpenMP ({omp['LD_PRELOAD'].split(':')[0]})" if "LD_PRELOAD" in omp
+                                               else "GNU libgomp, OMP_WAIT_POLICY=" + omp["OMP_WAIT_POLICY"]))
     import ray
     from ray import serve
     from ray.serve.schema import ServeDeploySchema

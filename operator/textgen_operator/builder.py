@@ -135,7 +135,6 @@ def build_serve_config(spec: TextGenServiceSpec) -> dict[str, Any]:
                 "name": C.APP_NAME,
                 "route_prefix": SC.ROUTE_PREFIX,
                 "import_path": C.APP_IMPORT_PATH,
-                "runtime_env": {"env_vars": dict(SC.REPLICA_ENV)},
                 "args": app_args(spec),
                 "deployments": [model, ingress],
             }

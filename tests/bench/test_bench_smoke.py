@@ -107,7 +107,6 @@ def test_serve_config_overrides_keep_the_project_config():
     assert cfg["http_options"]["port"] == 12345 and cfg["http_options"]["host"] == "127.0.0.1"
     (app,) = cfg["applications"]
     assert app["import_path"] == "serve_app.app:build_app"
-    assert app["runtime_env"] == {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}  # the replicas' env, as make run's
     assert app["args"]["model"] == "/m" and "fallback_model_dir" not in app["args"]
     assert app["args"]["max_batch_size"] == 8 and app["args"]["torch_threads"] == 1
     deps = {d["name"]: d for d in app["deployments"]}

@@ -53,6 +53,8 @@ def test_run_local_serves_the_curl_and_stops_cleanly(tiny_model_dir, tmp_path):
         assert r.json()[0]["generated_text"].startswith("Hello friend, how")
         card = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()["data"][0]
         assert card["id"] == "gpt2-tiny-random-init" and card["random_init"]
+        # make venv installs intel-openmp: the model replica runs torch on Intel OpenMP, not libgomp
+        assert httpx.get(f"http://127.0.0.1:{port}/stats", timeout=30).json()["openmp"] == "intel"
         wait_for(lambda: "Ctrl-C to stop" in log.read_text(), timeout=30)
         text = log.read_text()
         assert f'curl "http://127.0.0.1:{port}/generate?query=Hello%20friend%2C%20how"' in text

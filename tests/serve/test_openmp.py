@@ -1,0 +1,45 @@
+"""Which OpenMP runtime the launchers give the model replicas (serve_app/openmp.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from serve_app import openmp
+
+
+def fake_prefix(tmp_path, with_iomp: bool):
+    (tmp_path / "lib").mkdir()
+    if with_iomp:
+        (tmp_path / "lib" / openmp.INTEL_OPENMP_LIB).write_bytes(b"")
+    return str(tmp_path)
+
+
+def test_intel_openmp_is_preloaded_first_and_replaces_passive_waiting(tmp_path):
+    prefix = fake_prefix(tmp_path, True)
+    env = {"LD_PRELOAD": "/x/libtcmalloc.so", "OMP_WAIT_POLICY": "PASSIVE"}
+    set_ = openmp.apply_replica_env(env, prefix)
+    lib = f"{prefix}/lib/{openmp.INTEL_OPENMP_LIB}"
+    assert set_ == {"LD_PRELOAD": f"{lib}:/x/libtcmalloc.so"}
+    assert env == {"LD_PRELOAD": f"{lib}:/x/libtcmalloc.so"}  # PASSIVE would turn Intel OpenMP's spinning off
+    assert openmp.apply_replica_env(env, prefix) == set_  # idempotent: listed once
+
+
+def test_without_intel_openmp_libgomp_waits_passively(tmp_path):
+    env: dict[str, str] = {}
+    assert openmp.apply_replica_env(env, fake_prefix(tmp_path, False)) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def test_a_process_started_with_the_replica_env_runs_torch_on_intel_openmp():
+    """The venv (make venv) has intel-openmp: a child started with the replica env loads it for torch."""
+    env = {"PATH": "/usr/bin:/bin"}
+    openmp.apply_replica_env(env)
+    code = "import torch; torch.ones(64, 64) @ torch.ones(64, 64); from serve_app.openmp import loaded_runtime; " \
+           "print(loaded_runtime())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "intel"
+    plain = subprocess.run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
+                           text=True, timeout=120)
+    assert plain.stdout.strip() == "gnu"  # torch's own runtime when nothing is preloaded

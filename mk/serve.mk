@@ -14,3 +14,7 @@ run: venv model ## Serve the app locally on 127.0.0.1:8000 (local Ray head + Ser
 .PHONY: test-serve
 test-serve: venv model ## Run the serving tests (tests/serve: unit tests and a real local Ray).
 	$(PY) -m pytest tests/serve $(PYTEST_ARGS)
+
+.PHONY: soak
+soak: venv model ## Soak (a measurement, not a test): 10 min of mixed good/bad/cancelled traffic at concurrency 32 against the local app; SOAK_ARGS="--seconds 60".
+	@cd $(ROOT) && $(PY) hack/soak.py $(SOAK_ARGS)

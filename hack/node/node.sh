@@ -260,6 +260,7 @@ cmd_down() {
   [ ! -x "$BIN/kube-proxy" ] || "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   teardown_network
   unmount_under "$KUBELET_DIR" "$CONTAINERD_RUN"
+  rm -rf "$CONTAINERD_RUN" /var/lib/cni/results/textgen-* /var/lib/cni/results/cni-loopback-*   # run state, CNI cache
   remove_cgroup_root
   restore_sysctls
   if [ "$mode" = keep-logs ]; then rm -rf "$NODE_STATE/pids"; else rm -rf "$NODE_STATE"; fi

@@ -142,6 +142,9 @@ def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_
     t = Timings()
     node = jget(kubectl, "node", "textgen-node")
     assert node["metadata"]["labels"]["node.kubernetes.io/instance-type"] == "m5.4xlarge"
+    # The guard that keeps pods' traffic on the node is in place (hack/node/hostnet.sh).
+    guard = subprocess.run(["nft", "list", "table", "inet", "textgen-node"], capture_output=True, text=True).stdout
+    assert 'iifname "textgen0" oifname != "textgen0"' in guard and "drop" in guard, guard
 
     # 1. helm install: the operator runs in a pod, from the local image, as the chart's ServiceAccount. Helm never
     # updates a CRD that exists (one an earlier run left): apply the chart's copy first, as users do on upgrades.

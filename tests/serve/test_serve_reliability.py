@@ -9,6 +9,7 @@ it runs last.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import select
 import socket
 import time
@@ -58,8 +59,14 @@ def replica_pid(app) -> int | None:
 
 
 def ray_process(title: str) -> psutil.Process:
-    """The Ray worker process whose title (ray::<actor>) names `title`."""
-    found = [p for p in psutil.process_iter(["cmdline"]) if any(title in part for part in p.info["cmdline"] or ())]
+    """The process of this test session's Ray (its workers descend from this process) whose title names `title`."""
+    def cmdline(p: psutil.Process) -> list[str]:
+        try:
+            return p.cmdline()
+        except psutil.Error:  # exited meanwhile
+            return []
+
+    found = [p for p in psutil.Process(os.getpid()).children(recursive=True) if any(title in c for c in cmdline(p))]
     assert len(found) == 1, [p.info["cmdline"][:1] for p in found]
     return found[0]
 
@@ -174,7 +181,9 @@ def test_slow_uploads_time_out_and_do_not_block_others(app):
         assert r.status_code == 200, r.text
         answers = [f.result(timeout=BODY_READ_TIMEOUT_S + 120) for f in slow]
     statuses = {status_of(a) for a in answers}
-    assert statuses == {408}, statuses
+    # 408 once the body deadline passes; a 503 + Retry-After is the bounded queue's overload answer on a loaded machine
+    assert 408 in statuses and statuses <= {408, 503}, statuses
+    assert all(b"retry-after" in a.lower() for a in answers if status_of(a) == 503)
 
 
 # ------------------------------------------------------------------ a stopped engine: 503 + Retry-After, then recovery

@@ -28,12 +28,15 @@ def intel_openmp(prefix: str = sys.prefix) -> Optional[str]:
 
 
 def replica_env(environ: MutableMapping[str, str], prefix: str = sys.prefix) -> dict[str, str]:
-    """The variables a model replica process needs, given the current environment ``environ``."""
-    lib = intel_openmp(prefix)
+    """The variables a model replica process needs, given the current environment ``environ``
+    (``TEXTGEN_OPENMP=gnu`` keeps torch's own libgomp, e.g. for an A/B run)."""
+    lib = intel_openmp(prefix) if environ.get("TEXTGEN_OPENMP", "intel") != "gnu" else None
     if lib is None:
         return {"OMP_WAIT_POLICY": environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     preload = [p for p in environ.get("LD_PRELOAD", "").split(":") if p and p != lib]
-    return {"LD_PRELOAD": ":".join([lib] + preload)}
+    # Spin at most 1 ms after a parallel region: a step's regions follow each other closely, so the threads stay
+    # hot within a step and sleep between steps, leaving the cores to the replica's Python side and the proxy.
+    return {"LD_PRELOAD": ":".join([lib] + preload), "KMP_BLOCKTIME": environ.get("KMP_BLOCKTIME", "1")}
 
 
 def apply_replica_env(environ: MutableMapping[str, str] = os.environ, prefix: str = sys.prefix) -> dict[str, str]:

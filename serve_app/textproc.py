@@ -2,7 +2,6 @@
 
 - strict UTF-8 parsing of query strings and JSON bodies (bad bytes are a 400, never a 500);
 - the OpenAI completions request model and its validation against the app's limits;
-- incremental detokenization with stop sequences (``TextStream``);
 - OpenAI-shaped error bodies and completion/SSE payloads.
 """
 
@@ -11,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 from urllib.parse import unquote_to_bytes
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -279,81 +278,6 @@ def check_prompt_length(n_prompt: int, max_tokens: int, context: int, *, param: 
             param=param,
             code="context_length_exceeded",
         )
-
-
-# --------------------------------------------------------------------------- detokenization
-
-
-class TextStream:
-    """Turns a stream of token ids into text deltas, honouring stop sequences.
-
-    ``decode`` maps a list of token ids to text (e.g. ``tokenizer.decode``). Text that might be the
-    start of a stop sequence, or an incomplete UTF-8 character (decoded as U+FFFD), is held back
-    until it is resolved, so a client never sees a stop sequence or half a character.
-    """
-
-    def __init__(self, decode: Callable[[Sequence[int]], str], stop: Sequence[str] = ()):
-        self._decode = decode
-        self._stop = [s for s in stop if s]
-        self._ids: List[int] = []
-        self._emitted = 0  # characters of the decoded text already returned
-        self.text = ""  # all text returned so far
-        self.stopped = False  # a stop sequence was found
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self._ids)
-
-    def push(self, token_id: int) -> str:
-        """Add one generated token; return the newly safe text (maybe empty)."""
-        if self.stopped:
-            return ""
-        self._ids.append(int(token_id))
-        full = self._decode(self._ids)
-        # An incomplete multi-byte character decodes to U+FFFD at the end: wait for more bytes.
-        safe_end = len(full)
-        while safe_end > self._emitted and full[safe_end - 1] == "\ufffd":
-            safe_end -= 1
-        return self._advance(full, safe_end, final=False)
-
-    def finish(self) -> str:
-        """The generation ended: release whatever was held back (unless stopped)."""
-        if self.stopped or not self._ids:
-            return ""
-        full = self._decode(self._ids)
-        return self._advance(full, len(full), final=True)
-
-    def _advance(self, full: str, safe_end: int, *, final: bool) -> str:
-        if self._stop:
-            # Look for a stop sequence that may straddle what was already emitted.
-            start = max(0, self._emitted - max(len(s) for s in self._stop) + 1)
-            hits = [i for i in (full.find(s, start, safe_end) for s in self._stop) if i >= 0]
-            if hits:
-                cut = min(hits)
-                delta = full[self._emitted:cut]
-                self._emitted = cut
-                self.text += delta
-                self.stopped = True
-                return delta
-            if not final:
-                safe_end -= _held_back(full[:safe_end], self._stop, self._emitted)
-        if safe_end <= self._emitted:
-            return ""
-        delta = full[self._emitted:safe_end]
-        self._emitted = safe_end
-        self.text += delta
-        return delta
-
-
-def _held_back(text: str, stops: Sequence[str], floor: int) -> int:
-    """Length of the longest suffix of ``text`` (after ``floor``) that starts some stop sequence."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text) - floor), 0, -1):
-            if text.endswith(s[:k]):
-                best = max(best, k)
-                break
-    return best
 
 
 # --------------------------------------------------------------------------- responses

@@ -6,7 +6,6 @@ import pytest
 
 from serve_app.textproc import (
     RequestError,
-    TextStream,
     check_prompt_length,
     completion_body,
     parse_completion_request,
@@ -88,53 +87,6 @@ def test_prompt_length_against_context():
     assert e.value.code == "context_length_exceeded" and "1025" in e.value.message
     with pytest.raises(RequestError):
         check_prompt_length(0, 5, 1024)
-
-
-# ------------------------------------------------------------------ TextStream with a toy "tokenizer"
-
-VOCAB = {1: b"Hel", 2: b"lo", 3: b" wor", 4: b"ld", 5: b"\n", 6: b"\xe2\x9c", 7: b"\x93", 8: b"END", 9: b"!"}
-
-
-def decode(ids):
-    return b"".join(VOCAB[i] for i in ids).decode("utf-8", errors="replace")
-
-
-def run(ids, stop=()):
-    ts = TextStream(decode, stop)
-    out = []
-    for i in ids:
-        out.append(ts.push(i))
-        if ts.stopped:
-            break
-    out.append(ts.finish())
-    return ts, out
-
-
-def test_stream_without_stop_is_exact():
-    ts, out = run([1, 2, 3, 4])
-    assert "".join(out) == "Hello world" == ts.text and ts.n_tokens == 4 and not ts.stopped
-
-
-def test_stream_holds_back_partial_utf8():
-    ts, out = run([1, 6, 7, 9])
-    assert out[1] == "" and out[2] == "✓"  # half a character is never emitted
-    assert "".join(out) == "Hel✓!"
-
-
-def test_stop_sequence_spanning_tokens_is_cut():
-    ts, out = run([1, 2, 3, 4, 9], stop=["o wo"])
-    assert ts.stopped and ts.text == "Hell" and "".join(out) == "Hell"
-    assert ts.n_tokens == 3  # generation ended at the token completing the stop sequence
-
-
-def test_stop_prefix_is_released_when_not_a_stop():
-    ts, out = run([1, 2, 9], stop=["lo wor"])
-    assert not ts.stopped and "".join(out) == "Hello!"
-
-
-def test_first_of_several_stops_wins():
-    ts, _ = run([1, 2, 3, 5, 4], stop=["\n", "wor"])
-    assert ts.text == "Hello " and ts.stopped
 
 
 def test_payload_shapes():

@@ -20,7 +20,7 @@ RELEASE          ?= textgen-operator
 NAMESPACE        ?= textgen-system
 # Extra `helm upgrade --install` arguments for `make deploy`, e.g. DEPLOY_ARGS='-f my-values.yaml'.
 DEPLOY_ARGS      ?=
-KUBERAY_VERSION  ?= 1.5.0
+KUBERAY_VERSION  ?= 1.5.1
 KUBERAY_NAMESPACE ?= kuberay-system
 E2E_VALUES       ?= $(CHART_DIR)/ci/kind-values.yaml
 E2E_TGS          ?= gpt2
@@ -100,7 +100,7 @@ kind-down: ## Delete the kind cluster.
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 .PHONY: kuberay-install
-kuberay-install: ## Install the KubeRay operator (KUBERAY_VERSION, default 1.5.0) from its Helm repository (needs internet).
+kuberay-install: ## Install the KubeRay operator (KUBERAY_VERSION, default 1.5.1) from its Helm repository (needs internet).
 	$(HELM) repo add kuberay https://ray-project.github.io/kuberay-helm/ --force-update
 	$(HELM) repo update kuberay
 	$(HELM) upgrade --install kuberay-operator kuberay/kuberay-operator --version $(KUBERAY_VERSION) \

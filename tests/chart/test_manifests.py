@@ -97,7 +97,7 @@ def test_deploy_targets_are_listed_and_expand():
     assert f"docker build  -f images/operator/Dockerfile -t textgen-operator:{version} ." in out
     assert f"docker build  -f images/serve/Dockerfile -t textgen-serve:{version} ." in out
     assert f"kind load docker-image --name textgen textgen-operator:{version} textgen-serve:{version}" in out
-    assert "helm upgrade --install kuberay-operator kuberay/kuberay-operator --version 1.5.0" in out
+    assert "helm upgrade --install kuberay-operator kuberay/kuberay-operator --version 1.5.1" in out
     assert ("helm upgrade --install textgen-operator charts/textgen-operator --namespace textgen-system --create-namespace "
             f"--set image.repository=textgen-operator --set image.tag={version}") in out
     assert "kind delete cluster --name textgen" in out

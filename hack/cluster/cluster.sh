@@ -142,6 +142,21 @@ make_pki() {
     # The API server's client certificate towards kubelets (node mode).
     sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" \
       "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
+    # etcd has its own CA: a certificate from the cluster CA (a user's, a kubelet's) must not open etcd.
+    openssl req -x509 "${ec[@]}" -nodes -keyout etcd-ca.key -out etcd-ca.crt -days 3650 \
+      -subj "/CN=textgen-local-etcd-ca" 2>/dev/null
+    sign_etcd() { # name subject extensions
+      openssl req "${ec[@]}" -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+      openssl x509 -req -in "$1.csr" -CA etcd-ca.crt -CAkey etcd-ca.key -CAcreateserial -out "$1.crt" -days 3650 \
+        -extfile <(printf '%b' "$3") 2>/dev/null
+      rm -f "$1.csr"
+    }
+    # etcd serves clients and its (single) peer with TLS on loopback and requires client certificates on both.
+    sign_etcd etcd-server "/CN=etcd-server" \
+      "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\n"
+    # The only etcd client: the API server (the readiness probe borrows it).
+    sign_etcd apiserver-etcd-client "/CN=kube-apiserver-etcd-client" \
+      "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
     # Service-account token signing key (ES256).
     openssl ecparam -name prime256v1 -genkey -noout -out sa.key 2>/dev/null
     openssl ec -in sa.key -pubout -out sa.pub 2>/dev/null
@@ -183,7 +198,10 @@ api_ready() {
   . "$STATE/ports.env"
   [ "$(curl -sS --max-time 3 --cacert "$PKI/ca.crt" "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null)" = ok ]
 }
-etcd_ready() { curl -sS --max-time 3 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'; }
+etcd_ready() {
+  curl -sS --max-time 3 --cacert "$PKI/etcd-ca.crt" --cert "$PKI/apiserver-etcd-client.crt" \
+    --key "$PKI/apiserver-etcd-client.key" "https://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'
+}
 kcm_ready() { [ "$(curl -sSk --max-time 3 "https://127.0.0.1:$KCM_PORT/healthz" 2>/dev/null)" = ok ]; }
 kuberay_ready() { [ "$(curl -sS --max-time 3 "http://127.0.0.1:$KUBERAY_PROBE_PORT/readyz" 2>/dev/null)" = ok ]; }
 
@@ -267,23 +285,32 @@ EOF
 
   start_component etcd \
     --name=textgen-local --data-dir="$STATE/etcd" \
-    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
-    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-cluster="textgen-local=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --listen-client-urls="https://127.0.0.1:$ETCD_PORT" --advertise-client-urls="https://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="https://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls="https://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="textgen-local=https://127.0.0.1:$ETCD_PEER_PORT" \
+    --cert-file="$PKI/etcd-server.crt" --key-file="$PKI/etcd-server.key" \
+    --client-cert-auth=true --trusted-ca-file="$PKI/etcd-ca.crt" \
+    --peer-cert-file="$PKI/etcd-server.crt" --peer-key-file="$PKI/etcd-server.key" \
+    --peer-client-cert-auth=true --peer-trusted-ca-file="$PKI/etcd-ca.crt" \
     --unsafe-no-fsync=true --quota-backend-bytes=1073741824 --log-level=warn
   wait_for etcd 30 etcd_ready || die "etcd did not become healthy"
 
+  # OwnerReferencesPermissionEnforcement (on in OpenShift): setting blockOwnerDeletion on an owner reference needs
+  # `update` on the owner's finalizers subresource, so a missing RBAC rule fails here as it would there.
+  local admission=OwnerReferencesPermissionEnforcement
   local mode_args=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --authorization-mode=RBAC
-                   --endpoint-reconciler-type=none)
+                   --endpoint-reconciler-type=none --enable-admission-plugins="$admission")
   if [ -n "$NODE_IP" ]; then
     mode_args=(--bind-address=0.0.0.0 --advertise-address="$NODE_IP" --authorization-mode=Node,RBAC
-               --endpoint-reconciler-type=lease --enable-admission-plugins=NodeRestriction
+               --endpoint-reconciler-type=lease --enable-admission-plugins="NodeRestriction,$admission"
                --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
                --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
                --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=InternalIP)
   fi
   start_component kube-apiserver \
-    --etcd-servers="http://127.0.0.1:$ETCD_PORT" "${mode_args[@]}" --secure-port="$API_PORT" \
+    --etcd-servers="https://127.0.0.1:$ETCD_PORT" --etcd-cafile="$PKI/etcd-ca.crt" \
+    --etcd-certfile="$PKI/apiserver-etcd-client.crt" --etcd-keyfile="$PKI/apiserver-etcd-client.key" \
+    "${mode_args[@]}" --secure-port="$API_PORT" \
     --cert-dir="$PKI" --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \

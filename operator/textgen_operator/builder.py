@@ -17,6 +17,7 @@ import yaml
 from serve_app import contract as SC
 
 from . import constants as C
+from . import pod_security as PS
 from .spec import TextGenServiceSpec
 from .validation import validate
 
@@ -147,20 +148,25 @@ def _resources(cpus: int, memory_gi: int) -> dict[str, Any]:
     return {"requests": dict(amount), "limits": dict(amount)}
 
 
-def _pod_template(name: str, spec: TextGenServiceSpec, component: str, container: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "metadata": {"labels": pod_labels(name, component)},
-        "spec": {
-            "nodeSelector": {C.NODE_TYPE_LABEL: spec.cluster.node_type},
-            "containers": [
-                {
-                    "image": spec.cluster.image,
-                    "imagePullPolicy": spec.cluster.image_pull_policy,
-                    **container,
-                }
-            ],
-        },
+def _pod_template(name: str, spec: TextGenServiceSpec, component: str, container: dict[str, Any],
+                  volumes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A Ray pod template that meets the restricted Pod Security Standard (pod_security.py)."""
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": PS.pod_security_context(),
+        "nodeSelector": {C.NODE_TYPE_LABEL: spec.cluster.node_type},
+        "containers": [
+            {
+                "image": spec.cluster.image,
+                "imagePullPolicy": spec.cluster.image_pull_policy,
+                **container,
+                "securityContext": PS.container_security_context(),
+            }
+        ],
     }
+    if volumes:
+        pod["volumes"] = volumes
+    return {"metadata": {"labels": pod_labels(name, component)}, "spec": pod}
 
 
 def build_ray_cluster_spec(name: str, spec: TextGenServiceSpec) -> dict[str, Any]:
@@ -175,7 +181,7 @@ def build_ray_cluster_spec(name: str, spec: TextGenServiceSpec) -> dict[str, Any
             {"name": "serve", "containerPort": C.SERVE_PORT},
         ],
         "resources": _resources(c.head_cpus, c.head_memory_gi),
-    })
+    }, volumes=[PS.autoscaler_token_volume()] if spec.autoscaling.enabled else None)
     worker = _pod_template(name, spec, "ray-worker", {
         "name": "ray-worker",
         "resources": _resources(c.worker_cpus, c.worker_memory_gi),
@@ -188,6 +194,7 @@ def build_ray_cluster_spec(name: str, spec: TextGenServiceSpec) -> dict[str, Any
         cluster["autoscalerOptions"] = {
             "upscalingMode": "Default",
             "idleTimeoutSeconds": spec.autoscaling.node_idle_timeout_s,
+            **PS.autoscaler_options(),
         }
     cluster["headGroupSpec"] = {
         # num-cpus 0: Ray schedules no Serve replica (nor any other CPU task) on the head.

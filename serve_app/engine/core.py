@@ -121,7 +121,7 @@ class GenerationEngine:
     (prompt + new tokens, at most the model's n_positions); ``dtype`` "float32" (default, exact), "bfloat16" or
     "auto" (bfloat16 only on CPUs with native bf16); ``max_waiting`` bounds the queue of requests not yet running
     (None = unbounded; beyond it ``generate`` raises `EngineOverloaded`); ``num_threads`` sets torch's intra-op
-    threads in the engine thread (None = leave as is); ``prefill_token_budget`` caps the padded prompt tokens
+    threads in the engine thread (None = leave as is); ``prefill_token_budget`` caps the prompt tokens
     prefilled in one iteration (at least one request is always admitted); ``mixed_prefill`` prefills new
     requests inside the decode step's pass (True) or in a pass of their own; ``runner`` "gpt2" (ours) or
     "transformers" (the stock model, for A/B); ``warmup`` runs tiny passes at start so the first request does

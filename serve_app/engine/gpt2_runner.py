@@ -1,8 +1,8 @@
 """`GPT2Runner`: our GPT-2 forward pass over a loaded Hugging Face ``GPT2LMHeadModel``'s weights (the same
 tensors, no copy in float32), on a slot-based `KVCache`.
 
-One pass serves a whole step: decode rows (one token each, attention over their slots' cache) and right-padded
-prompts (causal attention within each prompt) share every matmul, so the weights are read once per step. Logits
+One pass serves a whole step: decode rows (one token each, attention over their slots' cache) and the new prompts
+packed back to back, no padding (causal attention within each prompt) share every matmul, so the weights are read once per step. Logits
 are computed for decode rows and each prompt's last position only.
 """
 
@@ -120,15 +120,14 @@ class GPT2Runner:
                 dmask = torch.zeros((nd, 1, 1, Td), dtype=cdt).masked_fill_(~valid[:, None, None, :], float("-inf"))
             xs.append(self.wte[tok] + self.wpe[pos])
         if b:
-            Tp = max(lens)
-            ids = torch.zeros((b, Tp), dtype=torch.long)
-            for i, p in enumerate(step.prompts):
-                ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-            lens_t = torch.tensor(lens, dtype=torch.long)
-            ar = torch.arange(Tp)
-            # query i sees keys j <= i that are real tokens (j < len); key 0 is always visible -> no empty rows
-            pmask = ((ar[None, :] <= ar[:, None])[None] & (ar[None, None, :] < lens_t[:, None, None]))[:, None]
-            xs.append((self.wte[ids] + self.wpe[:Tp]).reshape(b * Tp, E))
+            # Prompts are packed back to back (no padding): the linear layers, most of a prefill's cost, only see
+            # real tokens; attention runs per prompt (causal), which is cheap next to them.
+            ids = torch.tensor([t for p in step.prompts for t in p], dtype=torch.long)
+            ppos = torch.cat([torch.arange(n) for n in lens])
+            starts = [0]
+            for n in lens:
+                starts.append(starts[-1] + n)
+            xs.append(self.wte[ids] + self.wpe[ppos])
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
         for li, L in enumerate(self.blocks):
             h = F.layer_norm(x, (E,), *L.ln1, self.eps).to(cdt)
@@ -148,17 +147,19 @@ class GPT2Runner:
                     o = torch.matmul(torch.softmax(att, dim=-1), V)
                 outs.append(o.reshape(nd, E))
             if b:
-                q, k, v = qkv[nd:].view(b, Tp, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # [b, H, Tp, D]
-                kc[base: base + b, :, :Tp] = k
-                vc[base: base + b, :, :Tp] = v
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=pmask, scale=L.scale)
-                outs.append(o.transpose(1, 2).reshape(b * Tp, E))
+                q, k, v = qkv[nd:].view(-1, 3, H, D).permute(1, 2, 0, 3).unbind(0)  # [H, tokens, D]
+                for i, n in enumerate(lens):
+                    qi, ki, vi = (t[:, starts[i]: starts[i] + n] for t in (q, k, v))
+                    kc[base + i, :, :n] = ki
+                    vc[base + i, :, :n] = vi
+                    o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=L.scale)  # [H, n, D]
+                    outs.append(o.transpose(0, 1).reshape(n, E))
             o = outs[0] if len(outs) == 1 else torch.cat(outs)
             x = x + L.proj(o.to(cdt)).float()
             h = F.layer_norm(x, (E,), *L.ln2, self.eps).to(cdt)
             x = x + L.mlp_proj(L.fc(h, gelu=True)).float()
         if b:
-            last = x[nd:].view(b, Tp, E)[torch.arange(b), lens_t - 1]
+            last = x[nd:][torch.tensor(starts[1:]) - 1]  # each prompt's last position
             x = last if not nd else torch.cat([x[:nd], last])
         h = F.layer_norm(x, (E,), *self.ln_f, self.eps).to(cdt)
         return self.lm_head(h).float()

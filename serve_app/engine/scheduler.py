@@ -90,15 +90,14 @@ class Scheduler:
         return events
 
     def schedule(self) -> StepPlan:
-        """Admit waiting requests into free slots (within the padded prefill-token budget; at least one) and plan
+        """Admit waiting requests into free slots (within the prefill-token budget; at least one) and plan
         the step: every running request decodes, the admitted ones prefill."""
         new: list[Sequence] = []
-        longest = 0
+        tokens = 0
         while self.waiting and len(self.running) + len(new) < self.max_batch_size:
-            longest2 = max(longest, len(self.waiting[0].prompt))
-            if new and longest2 * (len(new) + 1) > self.prefill_token_budget:
+            tokens += len(self.waiting[0].prompt)
+            if new and tokens > self.prefill_token_budget:
                 break
-            longest = longest2
             new.append(self.waiting.popleft())
         plan = StepPlan(decode=list(self.running), prefill=new, base=len(self.running), moves=self._moves)
         self._moves = []

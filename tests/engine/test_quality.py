@@ -43,8 +43,9 @@ def served_124m(stand_in_dir: Path, n: int):
 
 
 def check_departures_at_near_ties(model, prompts, ref, other, max_gap_std: float) -> int:
-    """Every ``other`` continuation equals ``ref``'s, or first departs where ref's top two logits are within
-    ``max_gap_std`` x the logits' std and ``other`` took ref's runner-up. Returns how many are identical."""
+    """Every ``other`` continuation equals ``ref``'s, or first departs at a near-tie: where ``other``'s token scores,
+    in float32, within ``max_gap_std`` x the logits' std of ref's (float32's top) token. Returns how many are
+    identical. (With several tokens in that band, ``other`` may take the third as legitimately as the second.)"""
     identical = 0
     for prompt, a, b in zip(prompts, ref, other):
         assert len(a) == len(b)
@@ -54,10 +55,9 @@ def check_departures_at_near_ties(model, prompts, ref, other, max_gap_std: float
         k = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
         with torch.inference_mode():
             logits = model(torch.tensor([prompt + a[:k]])).logits[0, -1]
-        top2 = logits.topk(2)
-        gap = (top2.values[0] - top2.values[1]).item()
+        assert logits.argmax().item() == a[k], "the float32 engine did not take float32's top token"
+        gap = (logits[a[k]] - logits[b[k]]).item()
         assert gap <= max_gap_std * logits.std().item(), f"departs at a clear choice (gap {gap:.4f})"
-        assert top2.indices.tolist() == [a[k], b[k]], "took a token that is not float32's runner-up"
     return identical
 
 
@@ -91,8 +91,8 @@ def test_bfloat16_greedy_continuations_mostly_identical(make_engine):
 
 def test_bfloat16_quality_guard_on_the_served_124m_weights(make_engine, stand_in_124m_dir):
     """Quality guard on the weights `make bench` measures: 16 bench prompts, 50 greedy tokens each. Every bf16
-    continuation equals float32's token for token, or first departs from it at a near-tie: float32's top two
-    logits there are within 5% of the logits' standard deviation and bf16 took float32's runner-up.
+    continuation equals float32's token for token, or first departs from it at a near-tie: the token bf16 took
+    scores, in float32, within 5% of the logits' standard deviation of float32's top token.
     (Measured: 15 of 16 identical; the other departs at a gap of 1.2% of the std.)"""
     model, prompts = served_124m(stand_in_124m_dir, 16)
 
@@ -107,8 +107,8 @@ def test_int8_quality_guard_on_the_served_124m_weights(make_engine, stand_in_124
     teacher-forced logits within 35% of the float32 logits' std (measured 27-28%: random weights spread their
     logits thinly, so this is a loose bound in absolute terms) with the argmax agreeing wherever float32's margin
     is clear; and on the weights `make bench` measures, 16 bench prompts x 50 greedy tokens, every int8
-    continuation equals float32's or first departs at a near-tie: float32's top two within 15% of the logits' std
-    (measured: at most 12.7%; 5 of 16 identical) with int8 taking float32's runner-up."""
+    continuation equals float32's or first departs at a near-tie: the token int8 took scores, in float32, within
+    15% of the logits' std of float32's top token (measured: at most 12.7%; 5 of 16 identical)."""
     model, prompts = served_124m(stand_in_124m_dir, 16)
     for a, b in zip(teacher_forced_logits(model, "float32", prompts[:8]), teacher_forced_logits(model, "int8", prompts[:8])):
         assert_within(a, b, 0.35)

@@ -40,11 +40,12 @@ def test_admits_up_to_the_batch_size_and_keeps_slots_in_order():
 
 def test_prefill_budget_limits_admission_but_admits_one():
     s = sched(max_batch_size=8, prefill_token_budget=10)
-    big, small1, small2 = seq(prompt_len=30), seq(prompt_len=4), seq(prompt_len=4)
-    for x in (big, small1, small2):
+    big, small1, small2, small3 = seq(prompt_len=30), seq(prompt_len=4), seq(prompt_len=5), seq(prompt_len=2)
+    for x in (big, small1, small2, small3):
         s.add(x)
     assert s.schedule().prefill == [big]  # over budget alone, still admitted
-    assert s.schedule().prefill == [small1, small2]  # 2 x 4 padded tokens <= 10
+    assert s.schedule().prefill == [small1, small2]  # 4 + 5 prompt tokens <= 10 (prompts are packed, not padded)
+    assert s.schedule().prefill == [small3]  # 4 + 5 + 2 would be 11
 
 
 def test_finished_request_frees_its_slot_by_moving_the_last_one_in():

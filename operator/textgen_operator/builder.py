@@ -91,6 +91,28 @@ def app_args(spec: TextGenServiceSpec) -> dict[str, Any]:
     return args
 
 
+# Ray gives the head node this resource (amount 1) and no other node: a tiny share pins an actor to the head.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
+def scales_to_zero(spec: TextGenServiceSpec) -> bool:
+    return spec.autoscaling.enabled and spec.autoscaling.min_replicas == 0
+
+
+def ingress_placement(spec: TextGenServiceSpec) -> dict[str, Any]:
+    """Ray actor options of the HTTP ingress replicas.
+
+    Normally they reserve INGRESS_CPUS on the workers, next to the model replicas they forward to. A service that
+    scales to zero cannot keep one there: its reserved CPU would keep a worker busy for KubeRay's autoscaler, which
+    then never removes it. So with minReplicas 0 the ingress runs on the head, which stays (Ray's built-in
+    `node:__internal_head__` resource pins it; 0 CPUs, since the head starts with num-cpus 0 so that no model
+    replica lands there). The head's proxy then holds the first request after zero while a worker comes back.
+    """
+    if scales_to_zero(spec):
+        return {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}}
+    return {"num_cpus": C.INGRESS_CPUS}
+
+
 def build_serve_config(spec: TextGenServiceSpec) -> dict[str, Any]:
     a, s = spec.autoscaling, spec.serving
     model: dict[str, Any] = {"name": C.MODEL_DEPLOYMENT}
@@ -126,7 +148,7 @@ def build_serve_config(spec: TextGenServiceSpec) -> dict[str, Any]:
     )
     ingress.update(
         max_ongoing_requests=s.model_max_ongoing_requests * spec.cluster.replicas_per_node,
-        ray_actor_options={"num_cpus": C.INGRESS_CPUS},
+        ray_actor_options=ingress_placement(spec),
     )
     return {
         "proxy_location": "EveryNode",

@@ -1,4 +1,13 @@
-"""Pure status mirroring: (TextGenService, its RayService) -> the TextGenService's `.status`. No I/O here."""
+"""Pure status mirroring: (TextGenService, its RayService, what Serve and the pods say) -> the TextGenService's
+`.status`. No I/O here: handlers.py fetches Serve's replica states (serve_status.py) and the pending cluster's pods.
+
+- readyReplicas: the model replicas Serve reports RUNNING when Serve could be asked; else KubeRay's all-or-nothing
+  view (every replica while the app is RUNNING and the model deployment HEALTHY, else 0).
+- ScaledToZero / ScalingFromZero (Ready reasons, never Degraded): autoscaling down to 0 replicas is the plan, and
+  the next request is held by the head's proxy while a replica starts.
+- NewClusterUnschedulable (Progressing=False): a NewCluster upgrade whose pods cannot be scheduled, named with the
+  scheduler's reason, instead of an upgrade that looks in progress forever.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ from typing import Any
 
 from . import constants as C
 from .builder import serve_url, worker_selector
+from .serve_status import ModelReplicas
 from .validation import parse
 
 _FAILED_APP = {"DEPLOY_FAILED": "ApplicationDeployFailed", "UNHEALTHY": "ApplicationUnhealthy"}
@@ -42,10 +52,25 @@ def _condition(old: Mapping[str, Any] | None, type_: str, status: str, reason: s
     return cond
 
 
+def unschedulable_pods(pods: list[Mapping[str, Any]]) -> str | None:
+    """'<pod>: <scheduler message>' for each Pending pod the scheduler could not place; None when there is none."""
+    found = []
+    for pod in pods:
+        if _get(pod, "status", "phase") != "Pending" or _get(pod, "metadata", "deletionTimestamp"):
+            continue
+        scheduled = next((c for c in _get(pod, "status", "conditions") or [] if c.get("type") == "PodScheduled"), {})
+        if scheduled.get("status") == "False":
+            found.append(f"{_get(pod, 'metadata', 'name')}: {scheduled.get('message') or scheduled.get('reason')}")
+    return "; ".join(sorted(found)) or None
+
+
 def build_status(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None, *, now: str | None = None,
-                 conflict: str | None = None) -> dict[str, Any]:
+                 conflict: str | None = None, serve: ModelReplicas | None = None,
+                 unschedulable: str | None = None) -> dict[str, Any]:
     """The `.status` of TextGenService `tgs` given its RayService (None when there is none); `conflict` says why a
-    RayService of the same name that is not ours blocks it (that one is never mirrored).
+    RayService of the same name that is not ours blocks it (that one is never mirrored). `serve`: the model
+    replicas Serve reports on the active cluster (None: unknown); `unschedulable`: the pending cluster's pods the
+    scheduler cannot place (`unschedulable_pods`).
 
     Keys left out (replicas when the spec is invalid) keep their old values under a merge patch.
     """
@@ -76,9 +101,20 @@ def build_status(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None, *
         healthy = ready[0] == "True" and app.get("status") == "RUNNING" and \
             _get(app, "serveDeploymentStatuses", C.MODEL_DEPLOYMENT, "status") in (None, "HEALTHY")
         status["readyReplicas"] = parsed.replicas if healthy else 0
+        if serve is not None and not conflict:
+            status["readyReplicas"] = serve.running
+            if parsed.autoscaling.enabled:
+                status["replicas"] = serve.target  # the autoscaler's decision, not the initial count
+            if parsed.autoscaling.min_replicas == 0 and parsed.autoscaling.enabled and degraded[0] == "False" \
+                    and app.get("status") == "RUNNING" and serve.running == 0:
+                ready, progressing = _zero(serve, progressing)
         applied = _get(rayservice, "metadata", "annotations", C.ANNOTATION_GENERATION)
         if applied is not None:
             status["observedGeneration"] = int(applied)
+
+    if unschedulable and progressing[0] == "True" and progressing[1] in _NEW_CLUSTER_REASONS:
+        progressing = ("False", "NewClusterUnschedulable",
+                       f"The new RayCluster cannot be scheduled (the old one keeps serving): {unschedulable}")
 
     cluster = _get(rayservice, "status", "activeServiceStatus", "rayClusterName")
     if cluster:
@@ -88,6 +124,21 @@ def build_status(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None, *
         for t, values in (("Ready", ready), ("Progressing", progressing), ("Degraded", degraded))
     ]
     return status
+
+
+_NEW_CLUSTER_REASONS = ("UpgradeInProgress", "PreparingNewCluster")
+
+
+def _zero(serve: ModelReplicas, progressing: tuple[str, str, str]):
+    """(Ready, Progressing) of an app that runs with no model replica: scaled to zero, or on its way back."""
+    held = "requests are held by the head's proxy until a replica runs (see README: cold start)"
+    if serve.target == 0:
+        ready = ("True", "ScaledToZero", f"No model replica runs (idle); the next request starts one: {held}.")
+        if progressing[0] == "False":
+            progressing = ("False", "ScaledToZero", "Scaled to zero while idle.")
+        return ready, progressing
+    return ("True", "ScalingFromZero", f"Starting {serve.target} model replica(s) from zero: {held}."), \
+        ("True", "ScalingFromZero", f"Replica states: {', '.join(serve.states) or 'none yet'}.")
 
 
 def _app(rayservice: Mapping[str, Any] | None) -> Mapping[str, Any]:

@@ -18,6 +18,7 @@ from serve_app import contract as SC
 
 from . import constants as C
 from . import pod_security as PS
+from . import ray_auth as RA
 from .spec import TextGenServiceSpec
 from .validation import validate
 
@@ -210,6 +211,8 @@ def build_ray_cluster_spec(name: str, spec: TextGenServiceSpec) -> dict[str, Any
     })
     cluster: dict[str, Any] = {
         "rayVersion": c.ray_version,
+        # Ray token auth (ray_auth.py): KubeRay makes a per-cluster token Secret and hands it to every Ray process.
+        "authOptions": dict(RA.AUTH_OPTIONS),
         "enableInTreeAutoscaling": spec.autoscaling.enabled,
     }
     if spec.autoscaling.enabled:
@@ -219,7 +222,9 @@ def build_ray_cluster_spec(name: str, spec: TextGenServiceSpec) -> dict[str, Any
             **PS.autoscaler_options(),
         }
     cluster["headGroupSpec"] = {
-        # num-cpus 0: Ray schedules no Serve replica (nor any other CPU task) on the head.
+        # num-cpus 0: Ray schedules no Serve replica (nor any other CPU task) on the head. dashboard-host 0.0.0.0:
+        # KubeRay and the operator reach 8265 through the head Service; the token and the NetworkPolicy
+        # (networkpolicy.py) keep everyone else out, and nothing exposes it further (users port-forward).
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
         "template": head,
     }

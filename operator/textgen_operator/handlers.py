@@ -1,7 +1,8 @@
 """kopf handlers: side effects only; the logic lives in builder.py, status.py and validation.py.
 
-- reconcile (create/update/resume of a TextGenService): validate, server-side apply the RayService with an owner
-  reference (garbage collection deletes it: no finalizer), mirror status.
+- reconcile (create/update/resume of a TextGenService): validate, server-side apply the NetworkPolicy around its Ray
+  pods, then the RayService, both with an owner reference (garbage collection deletes them: no finalizer), mirror
+  status.
 - rayservice_event (any change to a RayService we manage): the fast path of drift repair; its errors are logged
   and dropped by kopf, which is why the repair loop exists.
 - the repair loop (started at startup, level-based): every REPAIR_INTERVAL_S, for every TextGenService kopf sees
@@ -27,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 from . import constants as C
 from .builder import build_rayservice
+from .networkpolicy import build_networkpolicy, settings_from_env
 from .ownership import conflict_message, is_subset, owned_by
 from .spec import TextGenServiceSpec
 from .status import build_status
@@ -102,6 +104,33 @@ def get_textgenservice(namespace: str, name: str) -> dict[str, Any] | None:
     return _get_or_none(C.GROUP, C.VERSION, C.PLURAL, namespace, name)
 
 
+def ensure_networkpolicy(tgs: Mapping[str, Any], logger: logging.Logger) -> None:
+    """Apply the NetworkPolicy closing this TextGenService's Ray control plane unless it is in place as built
+    (networkpolicy.py; settings from the chart's $TEXTGEN_NETWORK_POLICY). Applied before the RayService, so the
+    Ray pods are never unprotected."""
+    settings = settings_from_env(os.environ)
+    if not settings.enabled:
+        return
+    meta = tgs["metadata"]
+    desired = build_networkpolicy(meta["name"], meta["namespace"], settings)
+    kopf.adopt(desired, owner=tgs)
+    policy = desired["metadata"]["name"]
+    net = k8s.NetworkingV1Api(api().api_client)
+    try:
+        current = net.api_client.sanitize_for_serialization(
+            net.read_namespaced_network_policy(policy, meta["namespace"], _request_timeout=API_TIMEOUT_S))
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        current = None
+    if current is not None and is_subset(desired, current):
+        return
+    net.patch_namespaced_network_policy(
+        policy, meta["namespace"], desired, field_manager=C.FIELD_MANAGER, force=True, field_validation="Strict",
+        _content_type="application/apply-patch+yaml", _request_timeout=API_TIMEOUT_S)
+    logger.info("Applied NetworkPolicy %s: %s", policy, "it was missing" if current is None else "it drifted")
+
+
 def apply_rayservice(body: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply: we own exactly the fields we send; force takes them back from whoever edited them."""
     meta = body["metadata"]
@@ -165,6 +194,7 @@ def sync(tgs: Mapping[str, Any], current: Mapping[str, Any] | None, why: str, lo
         return
     parsed, _problems = parse(tgs["metadata"]["name"], tgs.get("spec"))
     if parsed is not None:  # an invalid spec was reported by reconcile: change nothing, keep mirroring status
+        ensure_networkpolicy(tgs, logger)
         current = ensure_rayservice(tgs, parsed, current, why, logger)
     patch_status(tgs, build_status(tgs, current))
 
@@ -225,6 +255,7 @@ def reconcile(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, logge
         patch_status(tgs, build_status(tgs, current))
         kopf.warn(body, reason="InvalidSpec", message="; ".join(exc.problems))
         raise
+    ensure_networkpolicy(tgs, logger)
     current = ensure_rayservice(tgs, parsed, current, "the TextGenService spec changed", logger)
     patch_status(tgs, build_status(tgs, current))
 

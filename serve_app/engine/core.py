@@ -147,6 +147,7 @@ class GenerationEngine:
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._stopping = False
+        self._cache_in_use = False  # the runner may hold KV cache grown by earlier requests (engine thread only)
         self._stats_lock = threading.Lock()
         self._counters: collections.Counter = collections.Counter()
         self._bs_hist: collections.Counter = collections.Counter()  # batch size -> steps
@@ -331,7 +332,11 @@ class GenerationEngine:
                 dropped = self.scheduler.drop_cancelled()
                 if self.scheduler.has_work() or dropped:  # dropped ones are told they ended, below
                     break
+                if self._cache_in_use:  # idle now: a burst's KV cache does not stay allocated
+                    self.runner.release_cache()
+                    self._cache_in_use = False
                 self._cond.wait()
+            self._cache_in_use = True
             plan = self.scheduler.schedule()
         self._deliver(dropped)
         return plan

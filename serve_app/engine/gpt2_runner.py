@@ -95,8 +95,12 @@ class GPT2Runner:
     def move_slot(self, src: int, dst: int, tokens: int) -> None:
         self.cache.move(src, dst, tokens)
 
+    def release_cache(self) -> None:
+        self.cache.release()
+
     def cache_info(self) -> dict[str, Any]:
-        return {"kv_cache_tokens": self.cache.tokens, "kv_cache_slots": self.cache.slots}
+        return {"kv_cache_tokens": self.cache.tokens, "kv_cache_slots": self.cache.slots,
+                "kv_cache_peak_tokens": self.cache.peak[0], "kv_cache_peak_slots": self.cache.peak[1]}
 
     def forward(self, step: StepInputs) -> torch.Tensor:
         """Logits [nd + b, V]: decode rows, then each prompt's last position."""

@@ -1,7 +1,8 @@
 """The slot-based KV cache: ``[layers, slots, heads, capacity, head_dim]`` keys and values.
 
 Memory follows use: it starts small and doubles its token capacity (up to ``max_tokens``) and its slot count
-(up to ``max_slots``) when requests need them, keeping what is stored.
+(up to ``max_slots``) when requests need them, keeping what is stored; `release` goes back to the starting size
+when nothing is stored (the engine calls it when no request is running), so one burst does not pin its peak.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ class KVCache:
         self.slots = 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
-        self.ensure(min(max_tokens, max(16, initial_tokens)), min(initial_slots, max_slots))
+        self.peak = (0, 0)  # largest (tokens, slots) ever held
+        self.initial = (min(max_tokens, max(16, initial_tokens)), min(initial_slots, max_slots))
+        self.ensure(*self.initial)
+
+    def release(self) -> None:
+        """Back to the starting size, dropping what is stored (only call it when no request is running)."""
+        if (self.tokens, self.slots) != self.initial:
+            self.k = self.v = None
+            self.tokens = self.slots = 0
+            self.ensure(*self.initial)
 
     def ensure(self, tokens: int, slots: int = 1) -> None:
         """Grow (doubling) to hold ``tokens`` positions for ``slots`` requests."""
@@ -42,6 +52,7 @@ class KVCache:
             k[:, : self.slots, :, : self.tokens] = self.k
             v[:, : self.slots, :, : self.tokens] = self.v
         self.k, self.v, self.tokens, self.slots = k, v, cap, nslots
+        self.peak = (max(self.peak[0], cap), max(self.peak[1], nslots))
 
     def move(self, src: int, dst: int, tokens: int) -> None:
         """Copy the first ``tokens`` positions of slot ``src`` into slot ``dst`` (slot compaction)."""

@@ -45,6 +45,9 @@ class ModelRunner(Protocol):
     def cache_info(self) -> dict[str, Any]:
         """``kv_cache_tokens`` and ``kv_cache_slots`` for stats."""
 
+    def release_cache(self) -> None:
+        """No request is running: give back KV-cache memory grown for earlier ones."""
+
 
 class TransformersRunner:
     """The stock `transformers` model as a runner: each row runs alone through ``model(..., cache=...)`` with
@@ -72,6 +75,9 @@ class TransformersRunner:
 
     def move_slot(self, src: int, dst: int, tokens: int) -> None:
         self._past[dst] = self._past.pop(src)
+
+    def release_cache(self) -> None:
+        self._past.clear()
 
     def cache_info(self) -> dict[str, Any]:
         return {"kv_cache_tokens": max((self._past[s].get_seq_length() for s in self._past), default=0),

@@ -138,3 +138,20 @@ def validate_object(obj: dict[str, Any]) -> None:
         except kubernetes_validate.ValidationError as exc:
             raise AssertionError(f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')} (Kubernetes {version}): "
                                  f"{exc.message} at {'/'.join(map(str, exc.path))}") from exc
+
+
+# kopf's discovery rules: cluster-scoped, so they stay in a ClusterRole even when the operator watches one namespace.
+CLUSTER_SCOPED_RESOURCES = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+
+
+def documented_rbac() -> dict[tuple[str, str], set[str]]:
+    """The operator's RBAC as the chart README's "RBAC" table documents it: (apiGroup, resource) -> verbs."""
+    section = (CHART / "README.md").read_text().split("\n## RBAC", 1)[1].split("\n## ", 1)[0]
+    rules: dict[tuple[str, str], set[str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1].startswith("`"):
+            group = "" if cells[0] == "(core)" else cells[0].strip("`")
+            rules[(group, cells[1].strip("`"))] = {v.strip() for v in cells[2].split(",")}
+    assert len(rules) >= 10, section
+    return rules

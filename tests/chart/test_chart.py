@@ -1,6 +1,6 @@
 """Offline chart tests: helm lint, rendering with default and example values, every object validated against the
-Kubernetes OpenAPI schemas (kubernetes-validate) or our CRD, the values schema, RBAC against the HACKING.md
-contract, and the chart's CRD copy."""
+Kubernetes OpenAPI schemas (kubernetes-validate) or our CRD, the values schema, RBAC against the chart README's
+table, and the chart's CRD copy."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from .chart_utils import (
     CHART,
     CHART_CRD_DIR,
     CI_VALUES,
+    CLUSTER_SCOPED_RESOURCES,
     CRD_MANIFEST_DIR,
     TGS_API_VERSION,
     by_kind,
+    documented_rbac,
     find_crd,
     helm,
     load_docs,
@@ -34,20 +36,13 @@ def values_args(path) -> list[str]:
     return [] if path is None else ["-f", str(path)]
 
 
-# The "Operator RBAC" contract in HACKING.md: (apiGroup, resource) -> verbs. Nothing more may be granted.
-NAMESPACED_RULES = {
-    ("textgen.dev", "textgenservices"): {"get", "list", "watch", "patch", "update"},
-    ("textgen.dev", "textgenservices/status"): {"get", "patch", "update"},
-    ("textgen.dev", "textgenservices/scale"): {"get"},
-    ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("ray.io", "rayservices/status"): {"get"},
-    ("ray.io", "rayclusters"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
-}
+# The operator's RBAC as the chart README documents it (its "RBAC" table). Nothing more may be granted.
+NAMESPACED_RULES = {k: v for k, v in documented_rbac().items() if k not in CLUSTER_SCOPED_RESOURCES}
 # Read-only and cluster-scoped in both modes: kopf's discovery of CRDs and its namespace scanning (kopf lists
 # namespaces even when given exact names; tests/chart/test_chart_cluster.py runs it with only these grants).
-DISCOVERY_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-                   ("", "namespaces"): {"list", "watch"}}
+DISCOVERY_RULES = {k: v for k, v in documented_rbac().items() if k in CLUSTER_SCOPED_RESOURCES}
+assert DISCOVERY_RULES == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+                           ("", "namespaces"): {"list", "watch"}}
 
 
 def grants(role: dict) -> dict[tuple[str, str], set[str]]:

@@ -58,30 +58,45 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* RBAC rules for the namespaced resources the operator manages (HACKING.md, Operator RBAC). */}}
 {{- define "textgen-operator.namespacedRules" }}
-  # The TextGenService resource: watch it, write its status, read its scale subresource.
+  # Exactly what the operator calls; the chart README's "RBAC" table lists the same set and tests/chart checks it
+  # against `kubectl auth can-i --list`.
+  # TextGenServices: kopf watches them and patches its progress annotations; the status loop reads one by name.
   - apiGroups: ["textgen.dev"]
     resources: ["textgenservices"]
-    verbs: ["get", "list", "watch", "patch", "update"]
+    verbs: ["get", "list", "watch", "patch"]
   - apiGroups: ["textgen.dev"]
     resources: ["textgenservices/status"]
-    verbs: ["get", "patch", "update"]
+    verbs: ["patch"]
+  # The owner references on what the operator creates set blockOwnerDeletion, which the
+  # OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift) allows only with this.
   - apiGroups: ["textgen.dev"]
-    resources: ["textgenservices/scale"]
-    verbs: ["get"]
-  # What the operator creates: KubeRay RayServices (server-side apply), and the RayClusters KubeRay makes.
+    resources: ["textgenservices/finalizers"]
+    verbs: ["update"]
+  # RayServices: server-side apply (a patch; one that creates the object needs create too), drift repair reads
+  # and watches them.
   - apiGroups: ["ray.io"]
     resources: ["rayservices"]
-    verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-  - apiGroups: ["ray.io"]
-    resources: ["rayservices/status"]
-    verbs: ["get"]
+    verbs: ["get", "list", "watch", "create", "patch"]
+  # A fixed-size TextGenService resizes its active RayCluster's worker group (capacity.py: KubeRay does not).
   - apiGroups: ["ray.io"]
     resources: ["rayclusters"]
-    verbs: ["get", "list", "watch"]
+    verbs: ["get", "patch"]
+  # The NetworkPolicy around each TextGenService's Ray pods (server-side apply; read for drift).
+  - apiGroups: ["networking.k8s.io"]
+    resources: ["networkpolicies"]
+    verbs: ["get", "create", "patch"]
+  # Pods of a pending Ray cluster, to report those that cannot be scheduled.
+  - apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["list"]
+  # The Ray token Secret KubeRay makes per RayCluster (ray_auth.py), for Serve's REST API on the head.
+  - apiGroups: [""]
+    resources: ["secrets"]
+    verbs: ["get"]
   # Kubernetes Events about reconciliation (kopf posts them too).
   - apiGroups: [""]
     resources: ["events"]
-    verbs: ["create", "patch"]
+    verbs: ["create"]
 {{- end }}
 
 {{/* RBAC rules for kopf's discovery (cluster-scoped, read-only): CRDs and namespaces coming and going. kopf
@@ -96,6 +111,16 @@ falls back to the names it was given. */}}
   - apiGroups: [""]
     resources: ["namespaces"]
     verbs: ["list", "watch"]
+{{- end }}
+
+{{/* The operator's NetworkPolicy settings ($TEXTGEN_NETWORK_POLICY, read by networkpolicy.py), as JSON: the peers
+admitted to Ray's control ports are the KubeRay operator, this operator's own pods (it polls Serve's REST API on
+8265) and networkPolicy.controlPlaneFrom. */}}
+{{- define "textgen-operator.networkPolicySettings" -}}
+{{- $np := .Values.networkPolicy }}
+{{- $kuberay := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" $np.kuberayOperator.namespace)) "podSelector" (dict "matchLabels" $np.kuberayOperator.podLabels) }}
+{{- $self := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) "podSelector" (dict "matchLabels" (include "textgen-operator.selectorLabels" . | fromYaml)) }}
+{{- dict "enabled" $np.enabled "controlPlaneFrom" (concat (list $kuberay $self) $np.controlPlaneFrom) "serveFrom" $np.serveFrom | toJson }}
 {{- end }}
 
 {{/* KubeRay's Serve Service for a TextGenService: the operator names the RayService after the TextGenService

@@ -26,6 +26,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from . import capacity
 from . import constants as C
 from .builder import build_rayservice
 from .networkpolicy import build_networkpolicy, settings_from_env
@@ -196,6 +197,7 @@ def sync(tgs: Mapping[str, Any], current: Mapping[str, Any] | None, why: str, lo
     if parsed is not None:  # an invalid spec was reported by reconcile: change nothing, keep mirroring status
         ensure_networkpolicy(tgs, logger)
         current = ensure_rayservice(tgs, parsed, current, why, logger)
+        capacity.ensure_worker_nodes(api(), current, parsed, logger, API_TIMEOUT_S)  # KubeRay does not resize it
     patch_status(tgs, build_status(tgs, current))
 
 

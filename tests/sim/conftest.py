@@ -1,0 +1,131 @@
+"""The seed's scale in simulation: kwok nodes + the real kube-scheduler beside the tests' local control plane.
+
+`sim` (session) builds kwok (hack/sim/build.sh; kube-scheduler comes from hack/node/build.sh), then on the tests'
+control plane (tests/k8s_fixtures.py) starts kube-scheduler and kwok, creates SIM_NODES m5.4xlarge Nodes, and a
+MutatingAdmissionPolicy; everything is removed and both processes stopped at the end.
+
+Only our pods land on the fake nodes, and our scheduler touches no one else's: the control plane is shared with tests
+running at the same time whose Ray pods select m5.4xlarge too. So the fake nodes carry kwok's documented
+`kwok.x-k8s.io/node=fake:NoSchedule` taint, the scheduler runs one profile named `textgen-sim` (pods asking for the
+default scheduler are not its business), and the admission policy gives pods created in namespaces labelled
+`textgen.dev/sim=true` (and only those) that scheduler name and the toleration. The bundle itself is unchanged:
+KubeRay creates the pods from the operator's RayService as it would on EKS.
+
+The operator is the one tests/operator runs (its `run_operator` fixture, imported below).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from serve_app.run_local import free_port
+from tests.k8s_fixtures import BIN, ROOT, wait_for
+from .sim_nodes import KWOK_ANNOTATION, KWOK_TAINT, SIM_LABEL, SimNode
+
+# The operator tests' fixtures (tests/operator has no __init__.py: its helper module is imported by name).
+sys.path.insert(0, str(ROOT / "tests" / "operator"))
+from tests.operator.conftest import api, crd_installed, run_operator  # noqa: E402,F401  (fixtures)
+
+SCHEDULER_NAME = "textgen-sim"
+POLICY = "textgen-sim-fake-nodes"
+# The seed: 8 m5.4xlarge workers, and one more m5.4xlarge for the head (its nodeSelector asks for the same type; a
+# 15-CPU worker and the 4-CPU head never share a 16-vCPU node).
+WORKER_NODES = 8
+SIM_NODES = WORKER_NODES + 1
+NODE = SimNode.of("m5.4xlarge")
+SIM_LOCK = ROOT / ".cache" / "sim.lock"
+
+
+def _toleration_patch() -> str:
+    tol = ", ".join(f'"{k}": "{v}"' for k, v in {**KWOK_TAINT, "operator": "Equal"}.items())
+    return (f'[JSONPatch{{op: "replace", path: "/spec/schedulerName", value: "{SCHEDULER_NAME}"}}, '
+            f'has(object.spec.tolerations) ? JSONPatch{{op: "add", path: "/spec/tolerations/-", value: {{{tol}}}}} '
+            f': JSONPatch{{op: "add", path: "/spec/tolerations", value: [{{{tol}}}]}}]')
+
+
+def admission_policy() -> list[dict]:
+    return [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
+         "metadata": {"name": POLICY},
+         "spec": {"failurePolicy": "Fail", "reinvocationPolicy": "Never",
+                  "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                          "operations": ["CREATE"], "resources": ["pods"]}]},
+                  "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": _toleration_patch()}}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
+         "metadata": {"name": POLICY},
+         "spec": {"policyName": POLICY,
+                  "matchResources": {"namespaceSelector": {"matchLabels": {SIM_LABEL[0]: SIM_LABEL[1]}}}}},
+    ]
+
+
+def _start(name: str, args: list[str], logs: Path) -> subprocess.Popen:
+    log = open(logs / f"{name}.log", "w")
+    return subprocess.Popen([str(BIN / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _nodes_ready(kubectl) -> bool:
+    nodes = json.loads(kubectl("get", "nodes", "-l", "=".join(SIM_LABEL), "-o", "json").stdout)["items"]
+    ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
+                                     for c in n.get("status", {}).get("conditions") or [])]
+    return len(ready) == SIM_NODES
+
+
+@pytest.fixture(scope="session")
+def sim(kubeconfig, kubectl, tmp_path_factory):
+    """Names of the ready simulated nodes; kube-scheduler and kwok run meanwhile."""
+    t0 = time.monotonic()
+    subprocess.run(["bash", str(ROOT / "hack" / "sim" / "build.sh")], check=True, cwd=ROOT,
+                   env={**os.environ, "PY": sys.executable, "BIN": str(BIN)})
+    logs = tmp_path_factory.mktemp("sim-logs")
+    SIM_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(SIM_LOCK, "w") as lock, contextlib.ExitStack() as stack:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one simulation per checkout at a time: the nodes and policy are global
+        config = logs / "scheduler.yaml"
+        config.write_text(json.dumps({
+            "apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": kubeconfig}, "leaderElection": {"leaderElect": False},
+            "profiles": [{"schedulerName": SCHEDULER_NAME}]}))
+        kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                       "items": admission_policy()}))
+        stack.callback(kubectl, "delete", "--ignore-not-found", "mutatingadmissionpolicybinding,"
+                       "mutatingadmissionpolicy", POLICY, check=False)
+        names = [f"sim-m5-4xlarge-{i}" for i in range(SIM_NODES)]
+        kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                       "items": [NODE.manifest(n) for n in names]}))
+        stack.callback(kubectl, "delete", "nodes", "-l", "=".join(SIM_LABEL), "--ignore-not-found", check=False)
+        scheduler = _start("kube-scheduler", [
+            f"--config={config}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            "--profiling=false", "-v=1"], logs)
+        stack.callback(_stop, scheduler)
+        kwok = _start("kwok", [
+            f"--kubeconfig={kubeconfig}", f"--config={ROOT / '.cache' / 'sim' / 'kwok-stages.yaml'}",
+            "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={'='.join(KWOK_ANNOTATION)}",
+            "--node-ip=10.99.0.1", "--cidr=10.99.0.0/16"], logs)
+        stack.callback(_stop, kwok)
+        wait_for(lambda: _nodes_ready(kubectl) or scheduler.poll() is not None or kwok.poll() is not None,
+                 "kwok to make the simulated nodes Ready", timeout=60)
+        for proc, name in ((scheduler, "kube-scheduler"), (kwok, "kwok")):
+            assert proc.poll() is None, f"{name} exited: {(logs / f'{name}.log').read_text()[-3000:]}"
+        print(f"\nsim: {SIM_NODES} kwok nodes Ready, kube-scheduler and kwok up in {time.monotonic() - t0:.1f} s "
+              f"(logs in {logs})")
+        yield names

@@ -83,7 +83,8 @@ def test_rendered_objects_are_valid(values):
 
 def test_default_render_kinds():
     kinds = sorted(o["kind"] for o in render_objects())
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
 
 
 def test_invalid_textgenservice_spec_fails_crd_validation():
@@ -166,7 +167,7 @@ def test_rbac_limited_to_one_namespace():
 
 def test_rbac_and_service_account_can_be_turned_off():
     objs = render_objects("--set", "rbac.create=false", "--set", "serviceAccount.create=false",
-                          "--set", "serviceAccount.name=preexisting")
+                          "--set", "serviceAccount.name=preexisting", "--set-json", "allowedImages=[]")
     assert sorted(o["kind"] for o in objs) == ["Deployment"]
     assert objs[0]["spec"]["template"]["spec"]["serviceAccountName"] == "preexisting"
 

@@ -13,7 +13,7 @@ from .chart_utils import CHART, ROOT, by_kind, load_docs, render_objects, valida
 
 PLAIN_FILES = {
     "rbac": ["role.yaml", "service-account.yaml"],
-    "operator": ["deployment.yaml", "namespace.yaml"],
+    "operator": ["deployment.yaml", "image-policy.yaml", "namespace.yaml"],
 }
 
 
@@ -49,7 +49,8 @@ def test_plain_manifests_are_valid_and_match_the_chart():
         if obj["kind"] != "Namespace":
             assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubectl"
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Namespace", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Namespace", "ServiceAccount",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     (ns,) = by_kind(objs, "Namespace")
     namespaced = [o for o in objs if o["kind"] in ("Deployment", "ServiceAccount")]
     assert {o["metadata"]["namespace"] for o in namespaced} == {ns["metadata"]["name"]}

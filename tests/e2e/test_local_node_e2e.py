@@ -118,7 +118,9 @@ def helm_install(kubeconfig: str, operator_image: str) -> None:
     helm(kubeconfig, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", "--wait", "--timeout", "5m",
          "--set", f"image.repository={repo}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
          # Head (1 CPU) + worker (1 CPU) fill this 2-CPU node: the operator pod requests no CPU (limit unchanged).
-         "--set", "resources.requests.cpu=0")
+         "--set", "resources.requests.cpu=0",
+         # The chart's image policy (allowedImages) admits the locally built serve image (hack/node/images.sh).
+         "--set-json", 'allowedImages=["localhost/textgen-serve:"]')
 
 
 def applied(kubectl) -> list[dict]:

@@ -16,7 +16,8 @@ CACHE := $(ROOT)/.cache
 BIN := $(CACHE)/bin
 export PATH := $(BIN):$(VENV)/bin:$(PATH)
 
-# Keep Ray on loopback, with a fixed auth mode, and quiet about usage stats.
+# The tests' own Ray sessions: on loopback, no auth (`make run` turns Ray token auth on itself, see
+# serve_app/run_local.py), quiet about usage stats.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0

@@ -6,11 +6,18 @@ The config file has the schema of a RayService ``serveConfigV2`` (what the opera
 Kubernetes), so the local run and the cluster run deploy the same application the same way: the
 config goes to the Serve controller, which imports ``serve_app.app:build_app`` with the ``args``.
 On SIGINT/SIGTERM it shuts Serve down, then the Ray head it started, and exits 0.
+
+Ray token authentication is on by default (``--ray-auth token``): a fresh token is written to
+``.cache/ray/auth_token.<pid>`` (mode 0600, removed on exit; one per run, so two runs never share one) and the Ray head, its workers and this driver read it through
+``RAY_AUTH_TOKEN_PATH``; the dashboard/job API and the GCS refuse callers without it. Binding to loopback alone
+would not do: Ray's GCS, raylet and worker ports listen on every address whatever the node IP. The inherited
+``RAY_AUTH_MODE`` (the Makefile exports ``disabled`` for the tests) is not used here; ``--ray-auth disabled`` is.
 """
 
 import argparse
 import copy
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -25,6 +32,7 @@ from serve_app.openmp import apply_replica_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "serve_app" / "config" / "local.yaml"
+TOKEN_DIR = ROOT / ".cache" / "ray"
 PATH_ARGS = ("model", "fallback_model_dir")
 
 
@@ -62,6 +70,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ray_auth_env(mode: str, token_path: Path) -> Dict[str, str]:
+    """The environment that starts a local Ray head with auth `mode` (``token`` or ``disabled``).
+
+    ``token``: writes a fresh random token to `token_path` (0600, replacing an older one) and points Ray at it.
+    """
+    if mode == "disabled":
+        return {"RAY_AUTH_MODE": "disabled"}
+    if mode != "token":
+        raise ValueError(f"Ray auth mode must be token or disabled, not {mode!r}")
+    token_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    os.chmod(token_path, 0o600)  # an older file may have had wider permissions
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+
+
+def ray_auth_banner(env: Dict[str, str], dashboard_port: int) -> str:
+    """What `make run` says about who can reach the local Ray."""
+    if env["RAY_AUTH_MODE"] == "token":
+        path = env["RAY_AUTH_TOKEN_PATH"]
+        return (f"Ray token authentication ON: the Ray dashboard/job API (127.0.0.1:{dashboard_port}) and the GCS "
+                f"refuse callers without the token in {path} (for the ray/serve CLIs: export RAY_AUTH_TOKEN_PATH={path}"
+                "). Serve's HTTP port is not behind the token.")
+    return ("WARNING: Ray token authentication OFF (--ray-auth disabled): Ray's GCS, raylet and worker ports listen on "
+            "every address, so anyone who can reach this machine can run code here. Only the dashboard is on "
+            "127.0.0.1.")
 
 
 def _port_busy(host: str, port: int) -> bool:
@@ -104,6 +141,8 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--dashboard-port", type=int, default=int(os.environ.get("RAY_DASHBOARD_PORT", "8265")))
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("RAY_METRICS_PORT", "0")) or None,
                    help="Prometheus metrics export port (default: a free port)")
+    p.add_argument("--ray-auth", choices=("token", "disabled"), default=os.environ.get("TEXTGEN_RAY_AUTH", "token"),
+                   help="Ray token authentication (default token, written to .cache/ray/auth_token.<pid>)")
     p.add_argument("--deploy-timeout", type=float, default=900.0, help="seconds to wait for RUNNING")
     a = p.parse_args(argv)
 
@@ -119,6 +158,13 @@ def main(argv: Optional[list] = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Before `import ray`: Ray reads its auth mode when its config is first loaded.
+    token_path = TOKEN_DIR / f"auth_token.{os.getpid()}"
+    auth = ray_auth_env(a.ray_auth, token_path)
+    for stale in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):  # a token from the caller's shell would win over ours
+        os.environ.pop(stale, None)
+    os.environ.update(auth)
+    _say(ray_auth_banner(auth, a.dashboard_port))
     omp = apply_replica_env()
     _say("OpenMP for the model replicas: " + (f"Intel OpenMP ({omp['LD_PRELOAD'].split(':')[0]})" if "LD_PRELOAD" in omp
                                                else "GNU libgomp, OMP_WAIT_POLICY=" + omp["OMP_WAIT_POLICY"]))
@@ -195,6 +241,7 @@ def main(argv: Optional[list] = None) -> int:
             serve.shutdown()
         finally:
             ray.shutdown()
+            token_path.unlink(missing_ok=True)
         _say("stopped.")
     return rc
 

@@ -59,6 +59,9 @@ def test_run_local_serves_the_curl_and_stops_cleanly(tiny_model_dir, tmp_path):
         text = log.read_text()
         assert f'curl "http://127.0.0.1:{port}/generate?query=Hello%20friend%2C%20how"' in text
         assert "RANDOM-INITIALISED WEIGHTS, NOT GPT-2" in text
+        # Ray token auth is on, with this run's own private token file (removed on exit, checked below)
+        token = ROOT / ".cache" / "ray" / f"auth_token.{proc.pid}"
+        assert "Ray token authentication ON" in text and str(token) in text and token.stat().st_mode & 0o077 == 0
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -69,6 +72,7 @@ def test_run_local_serves_the_curl_and_stops_cleanly(tiny_model_dir, tmp_path):
             rc = proc.wait()
     assert rc == 0, log.read_text()[-3000:]
     assert "[run] stopped." in log.read_text()
+    assert not (ROOT / ".cache" / "ray" / f"auth_token.{proc.pid}").exists()
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the HTTP port is still open after shutdown"
 

@@ -90,7 +90,7 @@ def _nodes_ready(kubectl) -> bool:
 
 
 @pytest.fixture(scope="session")
-def sim(kubeconfig, kubectl, tmp_path_factory):
+def sim(kubeconfig, kubectl, tmp_path_factory, request):
     """Names of the ready simulated nodes; kube-scheduler and kwok run meanwhile."""
     t0 = time.monotonic()
     subprocess.run(["bash", str(ROOT / "hack" / "sim" / "build.sh")], check=True, cwd=ROOT,
@@ -126,6 +126,7 @@ def sim(kubeconfig, kubectl, tmp_path_factory):
                  "kwok to make the simulated nodes Ready", timeout=60)
         for proc, name in ((scheduler, "kube-scheduler"), (kwok, "kwok")):
             assert proc.poll() is None, f"{name} exited: {(logs / f'{name}.log').read_text()[-3000:]}"
-        print(f"\nsim: {SIM_NODES} kwok nodes Ready, kube-scheduler and kwok up in {time.monotonic() - t0:.1f} s "
-              f"(logs in {logs})")
+        with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+            print(f"\n[sim-scale] {SIM_NODES} kwok nodes Ready, kube-scheduler and kwok up in "
+                  f"{time.monotonic() - t0:.1f} s (logs in {logs})", flush=True)  # shown without -s too
         yield names

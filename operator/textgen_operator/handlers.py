@@ -9,6 +9,8 @@
   (an in-memory index: no finalizer, no extra watch), re-create a missing RayService, re-apply a drifted one and
   mirror status; a failure is retried on the next round. A RayService of the same name that this TextGenService
   does not own is never touched: the TextGenService reports Degraded/RayServiceConflict instead.
+- the status loop (same index, every STATUS_INTERVAL_S): status only, for what changes without a RayService event:
+  the model replicas Serve reports RUNNING (readyReplicas, scaled to zero) and a new cluster's unschedulable pods.
 
 Run with `python -m textgen_operator` or `kopf run --standalone -m textgen_operator.handlers`.
 """
@@ -28,11 +30,13 @@ from kubernetes.client.exceptions import ApiException
 
 from . import capacity
 from . import constants as C
+from . import ray_auth as RA
 from .builder import build_rayservice
 from .networkpolicy import build_networkpolicy, settings_from_env
 from .ownership import conflict_message, is_subset, owned_by
+from .serve_status import dashboard_url, fetch_model_replicas
 from .spec import TextGenServiceSpec
-from .status import build_status
+from .status import build_status, unschedulable_pods
 from .validation import InvalidSpec, parse, validate
 
 _API: k8s.ApiClient | None = None
@@ -40,6 +44,8 @@ _API: k8s.ApiClient | None = None
 # instead of pinning a handler while liveness stays green.
 API_TIMEOUT_S = (10, 30)
 REPAIR_INTERVAL_S = 15
+# How often readyReplicas is refreshed from Serve's own replica states (status only: nothing is applied).
+STATUS_INTERVAL_S = 5
 
 
 def api() -> k8s.CustomObjectsApi:
@@ -54,6 +60,11 @@ def api() -> k8s.CustomObjectsApi:
         cfg.retries = 1  # with API_TIMEOUT_S: a dead server fails a call in about a minute, not urllib3's four tries
         _API = k8s.ApiClient(cfg)
     return k8s.CustomObjectsApi(_API)
+
+
+def core_api() -> k8s.CoreV1Api:
+    api()
+    return k8s.CoreV1Api(_API)
 
 
 @kopf.on.login()
@@ -141,6 +152,37 @@ def apply_rayservice(body: dict[str, Any]) -> dict[str, Any]:
         _content_type="application/apply-patch+yaml", _request_timeout=API_TIMEOUT_S)
 
 
+def ray_auth_token(namespace: str, ray_cluster: str) -> str | None:
+    """The bearer token RayCluster `ray_cluster`'s dashboard wants (Ray token auth: the Secret KubeRay made for it,
+    ray_auth.py), or None when there is none or it cannot be read (the call then goes without one)."""
+    try:
+        secret = core_api().read_namespaced_secret(RA.auth_secret_name(ray_cluster), namespace,
+                                                   _request_timeout=API_TIMEOUT_S)
+    except (ApiException, OSError):
+        return None
+    return RA.token_from_secret(secret.data)
+
+
+def observe(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What build_status needs besides the RayService: Serve's model replicas on the active cluster (None when the
+    head cannot be asked now) and the pending cluster's pods that cannot be scheduled. Never raises."""
+    meta, rs_status = tgs["metadata"], (rayservice or {}).get("status") or {}
+    namespace = meta["namespace"]
+    seen: dict[str, Any] = {}
+    active = (rs_status.get("activeServiceStatus") or {}).get("rayClusterName")
+    if active:
+        seen["serve"] = fetch_model_replicas(dashboard_url(active, namespace), ray_auth_token(namespace, active))
+    pending = (rs_status.get("pendingServiceStatus") or {}).get("rayClusterName")
+    if pending:
+        try:
+            pods = core_api().list_namespaced_pod(namespace, label_selector=f"ray.io/cluster={pending}",
+                                                  _request_timeout=API_TIMEOUT_S)
+            seen["unschedulable"] = unschedulable_pods([pod.to_dict(serialize=True) for pod in pods.items])
+        except (ApiException, OSError) as exc:  # status without it this round; the next one retries
+            logging.getLogger(__name__).warning("listing the pods of RayCluster %s failed: %s", pending, exc)
+    return seen
+
+
 def patch_status(tgs: Mapping[str, Any], status: dict[str, Any]) -> None:
     if is_subset(status, tgs.get("status") or {}):
         return
@@ -198,7 +240,7 @@ def sync(tgs: Mapping[str, Any], current: Mapping[str, Any] | None, why: str, lo
         ensure_networkpolicy(tgs, logger)
         current = ensure_rayservice(tgs, parsed, current, why, logger)
         capacity.ensure_worker_nodes(api(), current, parsed, logger, API_TIMEOUT_S)  # KubeRay does not resize it
-    patch_status(tgs, build_status(tgs, current))
+    patch_status(tgs, build_status(tgs, current, **observe(tgs, current)))
 
 
 def repair(namespace: str, name: str, logger: logging.Logger) -> None:
@@ -217,28 +259,43 @@ def textgenservice_keys(namespace: str, name: str, **_: Any) -> dict[tuple[str, 
     return {(namespace, name): True}
 
 
-async def repair_loop(keys: kopf.Index, logger: logging.Logger) -> None:
+def refresh_status(namespace: str, name: str, logger: logging.Logger) -> None:
+    """Status only (READY from Serve, scaled to zero, unschedulable pods): these change with no RayService event."""
+    tgs = get_textgenservice(namespace, name)
+    if tgs is None or tgs["metadata"].get("deletionTimestamp"):
+        return
+    current = get_rayservice(namespace, name)
+    if current is not None and not owned_by(current, tgs):
+        return  # the repair loop reports the conflict
+    patch_status(tgs, build_status(tgs, current, **observe(tgs, current)))
+
+
+async def every(interval_s: float, what: str, step, keys: kopf.Index, logger: logging.Logger) -> None:
+    """Run `step(namespace, name, logger)` for every TextGenService every `interval_s`, level-based."""
     while True:
-        await asyncio.sleep(REPAIR_INTERVAL_S)
+        await asyncio.sleep(interval_s)
         for namespace, name in list(keys):
             try:
-                await asyncio.to_thread(repair, namespace, name, logger)
+                await asyncio.to_thread(step, namespace, name, logger)
             except Exception as exc:  # noqa: BLE001 - retried next round; one bad object must not stop the others
-                logger.warning("repairing %s/%s failed, retrying in %s s: %s", namespace, name, REPAIR_INTERVAL_S,
-                               exc)
+                logger.warning("%s %s/%s failed, retrying in %s s: %s", what, namespace, name, interval_s, exc)
 
 
 @kopf.on.startup()
 async def start_repair_loop(memo: kopf.Memo, textgenservice_keys: kopf.Index, logger: logging.Logger,
                             **_: Any) -> None:
-    memo["repair_task"] = asyncio.create_task(repair_loop(textgenservice_keys, logger), name="textgen repair loop")
+    memo["repair_task"] = asyncio.create_task(
+        every(REPAIR_INTERVAL_S, "repairing", repair, textgenservice_keys, logger), name="textgen repair loop")
+    memo["status_task"] = asyncio.create_task(
+        every(STATUS_INTERVAL_S, "refreshing the status of", refresh_status, textgenservice_keys, logger),
+        name="textgen status loop")
 
 
 @kopf.on.cleanup()
 async def stop_repair_loop(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("repair_task")
-    if task is not None:
-        task.cancel()
+    for task in (memo.get("repair_task"), memo.get("status_task")):
+        if task is not None:
+            task.cancel()
 
 
 @kopf.on.resume(C.GROUP, C.VERSION, C.PLURAL)
@@ -259,7 +316,7 @@ def reconcile(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, logge
         raise
     ensure_networkpolicy(tgs, logger)
     current = ensure_rayservice(tgs, parsed, current, "the TextGenService spec changed", logger)
-    patch_status(tgs, build_status(tgs, current))
+    patch_status(tgs, build_status(tgs, current, **observe(tgs, current)))
 
 
 def _owner_name(body: Mapping[str, Any]) -> str | None:

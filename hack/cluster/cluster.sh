@@ -124,9 +124,10 @@ make_pki() {
     local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
     openssl req -x509 "${ec[@]}" -nodes -keyout ca.key -out ca.crt -days 3650 \
       -subj "/CN=textgen-local-ca" 2>/dev/null
-    sign() { # name subject extensions
+    sign() { # name subject extensions [CA, default ca]
+      local ca="${4:-ca}"
       openssl req "${ec[@]}" -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 \
+      openssl x509 -req -in "$1.csr" -CA "$ca.crt" -CAkey "$ca.key" -CAcreateserial -out "$1.crt" -days 3650 \
         -extfile <(printf '%b' "$3") 2>/dev/null
       rm -f "$1.csr"
     }
@@ -145,18 +146,12 @@ make_pki() {
     # etcd has its own CA: a certificate from the cluster CA (a user's, a kubelet's) must not open etcd.
     openssl req -x509 "${ec[@]}" -nodes -keyout etcd-ca.key -out etcd-ca.crt -days 3650 \
       -subj "/CN=textgen-local-etcd-ca" 2>/dev/null
-    sign_etcd() { # name subject extensions
-      openssl req "${ec[@]}" -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      openssl x509 -req -in "$1.csr" -CA etcd-ca.crt -CAkey etcd-ca.key -CAcreateserial -out "$1.crt" -days 3650 \
-        -extfile <(printf '%b' "$3") 2>/dev/null
-      rm -f "$1.csr"
-    }
     # etcd serves clients and its (single) peer with TLS on loopback and requires client certificates on both.
-    sign_etcd etcd-server "/CN=etcd-server" \
-      "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\n"
+    sign etcd-server "/CN=etcd-server" \
+      "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\n" etcd-ca
     # The only etcd client: the API server (the readiness probe borrows it).
-    sign_etcd apiserver-etcd-client "/CN=kube-apiserver-etcd-client" \
-      "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
+    sign apiserver-etcd-client "/CN=kube-apiserver-etcd-client" \
+      "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n" etcd-ca
     # Service-account token signing key (ES256).
     openssl ecparam -name prime256v1 -genkey -noout -out sa.key 2>/dev/null
     openssl ec -in sa.key -pubout -out sa.pub 2>/dev/null

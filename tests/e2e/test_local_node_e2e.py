@@ -7,6 +7,7 @@ are printed at the end and written to .cache/e2e-local/timings.json. `make e2e-l
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import time
@@ -160,7 +161,8 @@ def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_
     can = lambda *a: kubectl("auth", "can-i", *a, "--as", sa, check=False).stdout.strip()  # noqa: E731
     assert can("patch", "textgenservices.textgen.dev", "-n", NAMESPACE) == "yes"
     assert can("create", "rayservices.ray.io", "-n", NAMESPACE) == "yes"
-    assert can("create", "pods", "-n", NAMESPACE) == "no" and can("get", "secrets", "-n", NAMESPACE) == "no"
+    assert can("create", "pods", "-n", NAMESPACE) == "no" and can("list", "secrets", "-n", NAMESPACE) == "no"
+    assert can("get", "secrets", "-n", NAMESPACE) == "yes"  # by name: the Ray token KubeRay made for a cluster
     t.lap("helm install -> operator pod ready")
 
     # 2. apply -> RayService -> RayCluster -> head and worker Running -> Ready, READY == replicas, status.url.
@@ -197,6 +199,19 @@ def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_
     assert {c["model"] for c in chunks} == {STAND_IN}
     assert chunks[-1]["choices"][0]["finish_reason"] == "length" and chunks[-1]["usage"]["completion_tokens"] == 8
     t.lap("completions stream checked")
+
+    # Ray token auth on the real pods: the head's job API refuses a caller without KubeRay's token, takes it with it.
+    # The NetworkPolicy is there and selects both pods, but this node's CNI (bridge) does not enforce policies.
+    (head,) = items(kubectl, "pods", "-l", f"ray.io/cluster={cluster},ray.io/node-type=head")
+    jobs = f"http://{head['status']['podIP']}:8265/api/jobs/"
+    token = base64.b64decode(kubectl("get", "secret", cluster, "-n", NAMESPACE, "-o",
+                                     "jsonpath={.data.auth_token}").stdout).decode()
+    assert httpx.get(jobs, timeout=30).status_code == 401
+    assert httpx.get(jobs, timeout=30, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert httpx.get(jobs, timeout=30, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    selector = jget(kubectl, "networkpolicy", f"{TGS}-ray", "-n", NAMESPACE)["spec"]["podSelector"]["matchLabels"]
+    ray_pods = items(kubectl, "pods", "-l", ",".join(f"{k}={v}" for k, v in selector.items()))
+    assert {p["metadata"]["labels"]["ray.io/node-type"] for p in ray_pods} == {"head", "worker"}
 
     # 4. kubectl scale -> two model replicas serving, in the same RayCluster.
     kubectl("scale", f"tgs/{TGS}", "-n", NAMESPACE, "--replicas=2")

@@ -19,6 +19,8 @@ from typing import Optional
 
 import yaml
 
+from bench.report import check_fresh
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 LATEST = ROOT / "bench" / "results" / "latest.json"
@@ -116,10 +118,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     text = args.readme.read_text()
     wanted = splice(text, render(results, *replicas_per_node()))
     if args.check:
-        if wanted != text:
-            print(f"{args.readme} capacity table is stale: run `python -m bench.capacity`", file=sys.stderr)
-            return 1
-        return 0
+        return check_fresh(args.readme, text, wanted, "python -m bench.capacity` (or `make capacity-table")
     args.readme.write_text(wanted)
     return 0
 

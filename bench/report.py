@@ -287,6 +287,14 @@ def splice(readme_text: str, block: str) -> str:
     return f"{readme_text}{sep}\n{BEGIN}\n{block}{END}\n"
 
 
+def check_fresh(path: Path, current: str, wanted: str, command: str) -> int:
+    """--check: 0 when `current` already is `wanted`, else 1 and a line saying which command regenerates `path`."""
+    if current == wanted:
+        return 0
+    print(f"{path} is stale: run `{command}`", file=sys.stderr)
+    return 1
+
+
 def load_results(path: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -339,10 +347,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     current = a.readme.read_text() if a.readme.is_file() else ""
     wanted = splice(current, render_block(results))
     if a.check:
-        if current != wanted:
-            print(f"{a.readme} is stale: run `python -m bench.report` (or `make bench-report`)", file=sys.stderr)
-            return 1
-        return 0
+        return check_fresh(a.readme, current, wanted, "python -m bench.report` (or `make bench-report")
     a.readme.write_text(wanted)
     if results:
         plot(results, a.plot)

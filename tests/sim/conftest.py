@@ -29,6 +29,7 @@ import pytest
 
 from serve_app.run_local import free_port
 from tests.k8s_fixtures import BIN, ROOT, wait_for
+
 from .sim_nodes import KWOK_ANNOTATION, KWOK_TAINT, SIM_LABEL, SimNode
 
 # The operator tests' fixtures (tests/operator has no __init__.py: its helper module is imported by name).

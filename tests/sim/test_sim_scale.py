@@ -16,20 +16,12 @@ from textgen_operator import handlers
 from textgen_operator.builder import worker_bounds
 from textgen_operator.constants import INGRESS_CPUS, NODE_TYPES
 from textgen_operator.validation import validate
+from tgs_common import load_sample  # tests/operator, on sys.path through conftest.py
 
 from tests.k8s_fixtures import wait_for
 
 from .conftest import NODE, SIM_NODES, WORKER_NODES
 from .sim_nodes import SIM_LABEL, SimNode, reserved_millicpu
-
-SAMPLE_DIR = "manifests/samples"
-
-
-def load(stem: str) -> dict:
-    import yaml
-
-    from tests.k8s_fixtures import ROOT
-    return yaml.safe_load((ROOT / SAMPLE_DIR / f"{stem}.yaml").read_text())
 
 
 def report(capsys, line: str) -> None:
@@ -88,7 +80,7 @@ def sim_namespace(kubectl, namespace: str) -> str:
 @pytest.mark.cluster
 def test_seed_scale_fixed_follows_1_8_2_nodes(sim, api, k8s_api, kubectl, namespace, run_operator, capsys):
     ns, core = sim_namespace(kubectl, namespace), client.CoreV1Api(k8s_api)
-    doc = load("seed-scale")
+    doc = load_sample("seed-scale")
     name, spec = doc["metadata"]["name"], validate(doc["metadata"]["name"], doc["spec"])
     per_node = spec.cluster.replicas_per_node
     # the derived worker bounds are the nodes the seed needs: 56 replicas / 7 per m5.4xlarge = 8
@@ -144,7 +136,7 @@ def test_seed_autoscaling_worker_group_driven_within_1_to_8(sim, api, k8s_api, k
     monkeypatch.setattr(handlers, "REPAIR_INTERVAL_S", 1)
     monkeypatch.setattr(handlers, "repair", lambda *a: (repairs.append(a[:2]), real_repair(*a)))
     ns, core = sim_namespace(kubectl, namespace), client.CoreV1Api(k8s_api)
-    doc = load("seed-scale-autoscaling")
+    doc = load_sample("seed-scale-autoscaling")
     name, spec = doc["metadata"]["name"], validate(doc["metadata"]["name"], doc["spec"])
     start, lo, hi = worker_bounds(spec)
     assert (lo, hi) == (1, WORKER_NODES), "max = the seed's 8 nodes"

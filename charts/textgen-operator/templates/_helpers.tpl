@@ -77,7 +77,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   - apiGroups: ["ray.io"]
     resources: ["rayservices"]
     verbs: ["get", "list", "watch", "create", "patch"]
-  # A fixed-size TextGenService resizes its active RayCluster's worker group (capacity.py: KubeRay does not).
+  # A fixed-size TextGenService resizes its RayClusters' worker group (capacity.py: KubeRay does not).
   - apiGroups: ["ray.io"]
     resources: ["rayclusters"]
     verbs: ["get", "patch"]

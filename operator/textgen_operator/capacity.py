@@ -13,6 +13,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from . import constants as C
 from .builder import worker_bounds
 from .spec import TextGenServiceSpec
@@ -47,17 +49,24 @@ def worker_group_patch(raycluster: Mapping[str, Any], spec: TextGenServiceSpec) 
 def ensure_worker_nodes(api: Any, rayservice: Mapping[str, Any] | None, spec: TextGenServiceSpec,
                         logger: logging.Logger, timeout: tuple[float, float]) -> None:
     """Patch the worker group of the RayService's RayClusters to the spec's node count (a CustomObjectsApi as `api`).
-    Both are resized: the pending one is the one that will serve, the active one serves until then."""
+    Both are resized: the pending one is the one that will serve, the active one serves until then. A failure is
+    logged, not raised: status is still mirrored, and the repair loop retries on its next round."""
     if spec.autoscaling.enabled:
         return
     namespace = rayservice["metadata"]["namespace"]
     for name in cluster_names(rayservice):
-        raycluster = api.get_namespaced_custom_object(C.RAY_GROUP, C.RAY_VERSION_API, namespace, C.RAYCLUSTER_PLURAL,
-                                                      name, _request_timeout=timeout)
-        patch = worker_group_patch(raycluster, spec)
-        if patch is None:
+        try:
+            raycluster = api.get_namespaced_custom_object(C.RAY_GROUP, C.RAY_VERSION_API, namespace,
+                                                          C.RAYCLUSTER_PLURAL, name, _request_timeout=timeout)
+            patch = worker_group_patch(raycluster, spec)
+            if patch is None:
+                continue
+            api.patch_namespaced_custom_object(C.RAY_GROUP, C.RAY_VERSION_API, namespace, C.RAYCLUSTER_PLURAL, name,
+                                               patch, _content_type="application/json-patch+json",
+                                               _request_timeout=timeout)
+        except ApiException as exc:
+            if exc.status != 404:  # 404: KubeRay removed that cluster meanwhile
+                logger.warning("resizing the workers of RayCluster %s failed (retried later): %s %s", name,
+                               exc.status, exc.reason)
             continue
-        api.patch_namespaced_custom_object(C.RAY_GROUP, C.RAY_VERSION_API, namespace, C.RAYCLUSTER_PLURAL, name,
-                                           patch, _content_type="application/json-patch+json",
-                                           _request_timeout=timeout)
         logger.info("RayCluster %s: worker group %s resized to %s node(s)", name, C.WORKER_GROUP, patch[1]["value"])

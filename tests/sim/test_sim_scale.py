@@ -197,6 +197,22 @@ def test_specs_that_cannot_fit_are_refused_before_any_pod(sim, api, k8s_api, kub
     assert api.list_namespaced_custom_object(C.GROUP, C.VERSION, ns, C.PLURAL)["items"] == []
     assert core.list_namespaced_pod(ns).items == []
 
+    # what admission spared us: a pod shaped like the refused 16-CPU worker, made directly, is never scheduled
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="worker-16-cpus"),
+        spec=client.V1PodSpec(node_selector={C.NODE_TYPE_LABEL: NODE.instance_type}, containers=[client.V1Container(
+            name="ray-worker", image="textgen-serve:never-pulled",
+            resources=client.V1ResourceRequirements(requests={"cpu": "16", "memory": "56Gi"}))]))
+    core.create_namespaced_pod(ns, pod)
+
+    def unschedulable():
+        p = core.read_namespaced_pod("worker-16-cpus", ns)
+        cond = next((c for c in p.status.conditions or [] if c.type == "PodScheduled"), None)
+        return cond is not None and cond.reason == "Unschedulable" and cond.message
+
+    message = wait_for(unschedulable, "the scheduler's verdict on a 16-CPU pod", timeout=60)
+    assert "Insufficient cpu" in message and core.read_namespaced_pod("worker-16-cpus", ns).status.phase == "Pending"
+
 
 def test_eks_reserve_of_an_m5_4xlarge():
     assert reserved_millicpu(16) == 110 and NODE.allocatable_millicpu == 15890

@@ -115,6 +115,29 @@ def test_seed_scale_fixed_follows_1_8_2_nodes(sim, api, k8s_api, kubectl, namesp
         assert log.count("resized to") >= 3
 
 
+@pytest.mark.cluster
+def test_more_workers_than_nodes_are_reported_with_the_schedulers_words(sim, api, k8s_api, kubectl, namespace,
+                                                                      run_operator, capsys):
+    """A valid spec the cluster is too small for: 63 replicas = 9 workers, plus the head, on 9 nodes."""
+    ns, core = sim_namespace(kubectl, namespace), client.CoreV1Api(k8s_api)
+    doc = load_sample("seed-scale")
+    doc["spec"]["replicas"] = (WORKER_NODES + 1) * 7
+    name = doc["metadata"]["name"]
+    with run_operator():
+        api.create_namespaced_custom_object(C.GROUP, C.VERSION, ns, C.PLURAL, doc)
+
+        def progressing():
+            tgs = api.get_namespaced_custom_object(C.GROUP, C.VERSION, ns, C.PLURAL, name)
+            cond = {c["type"]: c for c in (tgs.get("status") or {}).get("conditions") or []}.get("Progressing") or {}
+            return cond if cond.get("reason") == "NewClusterUnschedulable" else None
+
+        cond = wait_for(progressing, "Progressing=False/NewClusterUnschedulable", timeout=90)
+    assert cond["status"] == "False" and "Insufficient cpu" in cond["message"], cond
+    pending = [p.metadata.name for p in core.list_namespaced_pod(ns).items if p.status.phase == "Pending"]
+    assert len(pending) == 1 and pending[0] in cond["message"], (pending, cond["message"])
+    report(capsys, f"9 workers for 8 free nodes -> Progressing=False: {cond['message']}")
+
+
 def drive_workers(api, core, ns: str, cluster: str, target: int) -> None:
     """What Ray's autoscaler does: set the worker group's replicas, naming the pods to remove when scaling down."""
     workers = [p.metadata.name for p in pods_of(core, ns, cluster)

@@ -39,10 +39,11 @@ help: ## Show this help.
 .PHONY: venv
 venv: $(VENV)/.installed ## Create or update the Python virtualenv (.venv), reusing pip's cache.
 
-$(VENV)/.installed: pyproject.toml
+# Versions come from constraints.txt (`make constraints`), as in the images.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade 'pip>=24' >/dev/null
-	$(PIP) install -e '.[serve,operator,bench,dev]'
+	$(PIP) install -c constraints.txt -e '.[serve,operator,bench,dev]'
 	@touch $@
 
 .PHONY: test

@@ -25,6 +25,9 @@ LOCAL_MODEL_DIR="${LOCAL_MODEL_DIR:-$ROOT/.models/gpt2-random-init}"
 WHEELHOUSE="$NODE_CACHE/wheelhouse"
 BUILD_LOG_DIR="$NODE_STATE/logs"
 RECIPE=1                         # bump when the way images are built changes
+# A new serve image takes about 20 GB while it is built and imported (its pip layer, the layer's commit, containerd's
+# copy and snapshot): below this much free space, older tags of the same image and buildah's dangling layers go first.
+MIN_FREE_GB="${MIN_FREE_GB:-30}"
 export STORAGE_DRIVER=overlay BUILDAH_ISOLATION=chroot
 
 hash_of() { sha256sum | cut -c1-12; }
@@ -37,8 +40,8 @@ BASE_IMAGE="localhost/textgen-local/debian-python:3.11-$DEBIAN_SUITE-$BASE_KEY"
 PAUSE_C="$(go env GOMODCACHE)/k8s.io/kubernetes@$(kube_version)/build/pause/linux/pause.c"
 PAUSE_KEY="$( { echo "$RECIPE"; cat "$PAUSE_C" 2>/dev/null; } | hash_of)"
 PAUSE_IMAGE="localhost/textgen-local/pause:3.10-$PAUSE_KEY"
-OPERATOR_KEY="$( { echo "$BASE_KEY"; tree_hash images/operator pyproject.toml README.md operator serve_app; } | hash_of)"
-SERVE_KEY="$( { echo "$BASE_KEY"; tree_hash images/serve serve_app; (cd "$LOCAL_MODEL_DIR" && cat textgen.json config.json); } | hash_of)"
+OPERATOR_KEY="$( { echo "$BASE_KEY"; tree_hash images/operator pyproject.toml README.md constraints.txt operator serve_app; } | hash_of)"
+SERVE_KEY="$( { echo "$BASE_KEY"; tree_hash images/serve pyproject.toml constraints.txt serve_app; (cd "$LOCAL_MODEL_DIR" && cat textgen.json config.json); } | hash_of)"
 OPERATOR_IMAGE="localhost/textgen-operator:local-$OPERATOR_KEY"
 SERVE_IMAGE="localhost/textgen-serve:local-$SERVE_KEY"
 
@@ -88,19 +91,25 @@ build_pause() {
   log "pause image $PAUSE_IMAGE"
 }
 
+# The serve image's requirements: pyproject.toml's base dependencies and `serve` extra (what its Dockerfile
+# installs), one per line.
+serve_requirements() {
+  "$PY" -c "import tomllib; p = tomllib.load(open('$ROOT/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))"
+}
+
 fill_wheelhouse() {
-  # The serve image's Python packages, downloaded once per machine through pip's own index (PyPI). Versions
-  # come from the Dockerfile's ARG defaults, so the image build finds every wheel here.
-  local df="$ROOT/images/serve/Dockerfile" torch tf ray
-  torch="$(awk -F= '/^ARG TORCH_VERSION=/ {print $2}' "$df")"
-  tf="$(awk -F= '/^ARG TRANSFORMERS_VERSION=/ {print $2}' "$df")"
-  ray="$(awk -F= '/^ARG RAY_VERSION=/ {print $2; exit}' "$df")"
-  local stamp="$WHEELHOUSE/.done-$torch-$tf-$ray"
-  [ -f "$stamp" ] && return 0
+  # The serve image's Python packages, downloaded once per machine through pip's own index (PyPI), at the
+  # versions of constraints.txt (as the Dockerfile installs them), so the image build finds every wheel here.
+  local reqs stamp
+  reqs="$(mktemp)"
+  serve_requirements > "$reqs"
+  stamp="$WHEELHOUSE/.done-$(cat "$reqs" "$ROOT/constraints.txt" | hash_of)"
+  if [ -f "$stamp" ]; then rm -f "$reqs"; return 0; fi
   mkdir -p "$WHEELHOUSE"
-  log "pip download into $WHEELHOUSE (torch $torch, transformers $tf, ray $ray) ..."
-  "$PY" -m pip download --quiet --dest "$WHEELHOUSE" "torch==$torch" "ray[serve]==$ray" "transformers==$tf" \
-    "fastapi>=0.115" "uvicorn>=0.30" "prometheus-client>=0.20" "pydantic>=2.7,<3" "pyyaml>=6"
+  log "pip download into $WHEELHOUSE ($(tr '\n' ' ' < "$reqs")with constraints.txt) ..."
+  "$PY" -m pip download --quiet --dest "$WHEELHOUSE" -c "$ROOT/constraints.txt" -r "$reqs"
+  rm -f "$reqs"
   touch "$stamp"
 }
 
@@ -114,7 +123,7 @@ bud() {
   local host=()
   [ -f /etc/pip.conf ] && host+=(--volume /etc/pip.conf:/etc/pip.conf:ro)
   [ -f /etc/ssl/certs/ca-certificates.crt ] && host+=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
-  (cd "$ROOT" && nice -n 10 buildah bud --isolation chroot --pull-never --layers --format docker \
+  (cd "$ROOT" && nice -n 10 buildah bud --isolation chroot --pull-never --layers --force-rm --format docker \
       "${host[@]}" -f "$dockerfile" -t "$image" "$@" . ) > "$BUILD_LOG_DIR/build-$name.log" 2>&1 \
     || { tail -40 "$BUILD_LOG_DIR/build-$name.log" >&2; die "building $image failed"; }
 }
@@ -142,10 +151,23 @@ import_image() {
   log "imported $image into containerd in $(( $(date +%s) - t0 )) s"
 }
 
+free_gb() { df --output=avail -BG "$NODE_CACHE" /var/lib/containers 2>/dev/null | tail -n +2 | tr -dc '0-9\n' | sort -n | head -n1; }
+
+# make_room REPOSITORY IMAGE: before building IMAGE, when the disk is short, remove the older tags of its repository
+# (buildah and containerd) and buildah's dangling layers (the layer cache of earlier builds).
+make_room() {
+  local free; free="$(free_gb)"
+  [ "${free:-0}" -ge "$MIN_FREE_GB" ] && return 0
+  log "only ${free} GB free (< $MIN_FREE_GB): removing older $1 images and buildah's dangling layers first"
+  prune_old "$1" "$2"
+  buildah rmi --prune >/dev/null 2>&1 || true
+  log "now $(free_gb) GB free"
+}
+
 ensure() { # name image builder
   local name="$1" image="$2" builder="$3" t0; t0=$(date +%s)
   if have_ctr_image "$image"; then log "$name: $image (cached)"; return 0; fi
-  have_buildah_image "$image" || "$builder"
+  have_buildah_image "$image" || { make_room "${image%:*}" "$image"; "$builder"; }
   [ -S "$CONTAINERD_SOCK" ] || { log "$name: built $image; containerd is not running, import skipped"; return 0; }
   import_image "$image"
   echo "$name $(( $(date +%s) - t0 ))" >> "$BUILD_LOG_DIR/image-seconds.txt"
@@ -172,6 +194,8 @@ main() {
   mkdir -p "$BUILD_LOG_DIR" "$NODE_CACHE"
   exec 8>"$NODE_CACHE/images.lock"
   flock 8   # two checkouts building at once: the second waits, then finds the images
+  # Working containers a failed build left behind (several GB each): no build runs while we hold the lock.
+  buildah rm --all >/dev/null 2>&1 || true
   have_buildah_image "$BASE_IMAGE" || build_base
   [ "${1:-}" = base ] && return 0
   ensure pause "$PAUSE_IMAGE" build_pause

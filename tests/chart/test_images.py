@@ -170,13 +170,15 @@ def test_serve_image_versions_match_the_operator_and_pyproject():
     pins = pyproject_pins()
     assert pins["ray"] == RAY_VERSION, "pyproject.toml's ray[serve] pin differs from the operator's RAY_VERSION"
     args = stage_args(final, global_args)
-    assert args["TORCH_VERSION"] == pins["torch"]
-    assert args["TRANSFORMERS_VERSION"] == pins["transformers"]
     runs = "\n".join(rest for instr, rest in final.instructions if instr == "RUN")
-    # Users get CPU-only torch from PyTorch's CPU index unless they override the build arg.
+    # Users get CPU-only torch from PyTorch's CPU index unless they override the build arg; its version and every
+    # other package's come from constraints.txt, the packages from pyproject.toml's serve extra (ray[serve]==RAY_VERSION).
     assert args["TORCH_INDEX_ARGS"] == '"--index-url https://download.pytorch.org/whl/cpu"'
-    assert 'pip install ${TORCH_INDEX_ARGS} "torch==${TORCH_VERSION}"' in runs
-    assert '"ray[serve]==${RAY_VERSION}"' in runs and '"transformers==${TRANSFORMERS_VERSION}"' in runs
+    assert 'pip install --no-deps ${TORCH_INDEX_ARGS} "$(grep \'^torch==\' /tmp/deps/constraints.txt)"' in runs
+    assert "pip install -c /tmp/deps/constraints.txt -r /tmp/deps/serve.txt" in runs
+    assert "['optional-dependencies']['serve']" in runs and 'grep -qx "ray\\[serve\\]==${RAY_VERSION}"' in runs
+    installs = [seg for seg in re.split(r"&&|\n", runs) if "pip install" in seg]
+    assert installs and not [i for i in installs if re.search(r"==[\d$]", i)], "versions belong in constraints.txt"
     # The Python of the base (py311) is the project's: the venv that runs the tests is 3.11 too.
     import sys
 
@@ -199,6 +201,27 @@ def test_serve_image_bakes_gpt2_and_the_app():
     assert any("serve_app/ /home/ray/app/serve_app/" in c for c in copies)
     env = " ".join(rest for instr, rest in final.instructions if instr == "ENV")
     assert "PYTHONPATH=/home/ray/app" in env and "HF_HOME=/models/hf" in env
+
+
+def test_serve_image_pins_the_weights_and_keeps_code_out_of_the_runtime_users_hands():
+    global_args, stages = parse(DOCKERFILES["serve"])
+    weights = next(s for s in stages if s.name == "weights")
+    assert re.fullmatch(r"[0-9a-f]{40}", stage_args(weights, global_args)["MODEL_REVISION"]), "pin a Hub commit"
+    final = stages[-1]
+    # The app and the weights are COPY'd without --chown (root's), after `USER root`, and the runtime USER is last.
+    copies = [rest for instr, rest in final.instructions if instr == "COPY" and ("/models" in rest or "serve_app" in rest)]
+    assert len(copies) == 2 and not any("--chown" in c for c in copies), copies
+    users = [rest for instr, rest in final.instructions if instr == "USER"]
+    assert users[-1] == "1000:100" and "root" in users[:-1]
+    runs = "\n".join(rest for instr, rest in final.instructions if instr == "RUN")
+    assert "chmod -R a+rX,go-w /home/ray/app" in runs and "compileall" in runs
+    selected = next(s for s in stages if s.name == "weights-selected")
+    assert ("RUN", "chmod -R a+rX,go-w /models") in selected.instructions
+    # Intel OpenMP preloaded (serve_app/openmp.py), checked at build time.
+    env = " ".join(rest for instr, rest in final.instructions if instr == "ENV")
+    assert "LD_PRELOAD=/usr/local/lib/textgen-libiomp5.so" in env and "KMP_BLOCKTIME=1" in env
+    assert "OMP_WAIT_POLICY" not in env
+    assert "loaded_runtime() == 'intel'" in runs
 
 
 def _properties(node, name):

@@ -55,6 +55,17 @@ def wait_for(predicate, what: str, timeout: float = 60, interval: float = 0.5):
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a process a test started, killing it when it does not exit within `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class KubectlError(RuntimeError):
     def __init__(self, proc: subprocess.CompletedProcess):
         self.proc = proc

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from serve_app.run_local import free_port
-from tests.k8s_fixtures import wait_for
+from tests.k8s_fixtures import stop_process, wait_for
 
 from .chart_utils import CHART, ROOT, helm
 
@@ -227,12 +227,7 @@ def test_operator_works_with_only_the_charts_rbac(kubeconfig, kubectl, namespace
         assert "Forbidden" not in text and "Not enough permissions" not in text, text[-3000:]
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
         helm("uninstall", release, "--kubeconfig", kubeconfig, "--namespace", namespace, check=False)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.run_local import free_port
-from tests.k8s_fixtures import BIN, ROOT, wait_for
+from tests.k8s_fixtures import BIN, ROOT, stop_process, wait_for
 
 from .sim_nodes import KWOK_ANNOTATION, KWOK_TAINT, SIM_LABEL, SimNode
 
@@ -73,16 +73,6 @@ def _start(name: str, args: list[str], logs: Path) -> subprocess.Popen:
     return subprocess.Popen([str(BIN / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _nodes_ready(kubectl) -> bool:
     nodes = json.loads(kubectl("get", "nodes", "-l", "=".join(SIM_LABEL), "-o", "json").stdout)["items"]
     ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
@@ -117,12 +107,12 @@ def sim(kubeconfig, kubectl, tmp_path_factory, request):
             f"--config={config}", f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
             "--profiling=false", "-v=1"], logs)
-        stack.callback(_stop, scheduler)
+        stack.callback(stop_process, scheduler, 15)
         kwok = _start("kwok", [
             f"--kubeconfig={kubeconfig}", f"--config={ROOT / '.cache' / 'sim' / 'kwok-stages.yaml'}",
             "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={'='.join(KWOK_ANNOTATION)}",
             "--node-ip=10.99.0.1", "--cidr=10.99.0.0/16"], logs)
-        stack.callback(_stop, kwok)
+        stack.callback(stop_process, kwok, 15)
         wait_for(lambda: _nodes_ready(kubectl) or scheduler.poll() is not None or kwok.poll() is not None,
                  "kwok to make the simulated nodes Ready", timeout=60)
         for proc, name in ((scheduler, "kube-scheduler"), (kwok, "kwok")):

@@ -121,3 +121,25 @@ def sim(kubeconfig, kubectl, tmp_path_factory, request):
             print(f"\n[sim-scale] {SIM_NODES} kwok nodes Ready, kube-scheduler and kwok up in "
                   f"{time.monotonic() - t0:.1f} s (logs in {logs})", flush=True)  # shown without -s too
         yield names
+
+
+@pytest.fixture
+def sim_ns(sim, kubectl, namespace, k8s_api) -> str:
+    """This test's namespace, labelled for the admission policy, once the policy is seen acting there."""
+    from kubernetes import client
+
+    kubectl("label", "namespace", namespace, "=".join(SIM_LABEL))
+    core = client.CoreV1Api(k8s_api)
+    probe = client.V1Pod(metadata=client.V1ObjectMeta(name="policy-probe"),
+                         spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="never-pulled")]))
+
+    def mutated():  # a server-side dry run goes through admission, mutating policies included, and stores nothing
+        pod = core.create_namespaced_pod(namespace, probe, dry_run="All")
+        return pod.spec.scheduler_name == SCHEDULER_NAME and any(
+            t.key == KWOK_TAINT["key"] for t in pod.spec.tolerations or [])
+
+    wait_for(mutated, f"the admission policy {POLICY} to act in {namespace}", timeout=30)
+    # the nodes to ourselves: an earlier test's namespace may still be going away with its pods on them
+    wait_for(lambda: not core.list_pod_for_all_namespaces(field_selector=f"spec.schedulerName={SCHEDULER_NAME}").items,
+             "the simulated nodes to be empty of earlier tests' pods", timeout=120)
+    return namespace

@@ -21,7 +21,7 @@ from tgs_common import load_sample  # tests/operator, on sys.path through confte
 from tests.k8s_fixtures import wait_for
 
 from .conftest import NODE, SIM_NODES, WORKER_NODES
-from .sim_nodes import SIM_LABEL, SimNode, reserved_millicpu
+from .sim_nodes import SimNode, reserved_millicpu
 
 
 def report(capsys, line: str) -> None:
@@ -72,14 +72,9 @@ def check_one_per_node(placed: dict, sim: list[str]) -> None:
     assert set(nodes) <= set(sim)
 
 
-def sim_namespace(kubectl, namespace: str) -> str:
-    kubectl("label", "namespace", namespace, "=".join(SIM_LABEL))  # the admission policy's selector
-    return namespace
-
-
 @pytest.mark.cluster
-def test_seed_scale_fixed_follows_1_8_2_nodes(sim, api, k8s_api, kubectl, namespace, run_operator, capsys):
-    ns, core = sim_namespace(kubectl, namespace), client.CoreV1Api(k8s_api)
+def test_seed_scale_fixed_follows_1_8_2_nodes(sim, sim_ns, api, k8s_api, kubectl, run_operator, capsys):
+    ns, core = sim_ns, client.CoreV1Api(k8s_api)
     doc = load_sample("seed-scale")
     name, spec = doc["metadata"]["name"], validate(doc["metadata"]["name"], doc["spec"])
     per_node = spec.cluster.replicas_per_node
@@ -116,10 +111,10 @@ def test_seed_scale_fixed_follows_1_8_2_nodes(sim, api, k8s_api, kubectl, namesp
 
 
 @pytest.mark.cluster
-def test_more_workers_than_nodes_are_reported_with_the_schedulers_words(sim, api, k8s_api, kubectl, namespace,
+def test_more_workers_than_nodes_are_reported_with_the_schedulers_words(sim, sim_ns, api, k8s_api, kubectl,
                                                                       run_operator, capsys):
     """A valid spec the cluster is too small for: 63 replicas = 9 workers, plus the head, on 9 nodes."""
-    ns, core = sim_namespace(kubectl, namespace), client.CoreV1Api(k8s_api)
+    ns, core = sim_ns, client.CoreV1Api(k8s_api)
     doc = load_sample("seed-scale")
     doc["spec"]["replicas"] = (WORKER_NODES + 1) * 7
     name = doc["metadata"]["name"]
@@ -151,14 +146,14 @@ def drive_workers(api, core, ns: str, cluster: str, target: int) -> None:
 
 
 @pytest.mark.cluster
-def test_seed_autoscaling_worker_group_driven_within_1_to_8(sim, api, k8s_api, kubectl, namespace, run_operator,
+def test_seed_autoscaling_worker_group_driven_within_1_to_8(sim, sim_ns, api, k8s_api, kubectl, run_operator,
                                                            capsys, monkeypatch):
     # the operator's repair loop every second, counted, so the test sees it leave the autoscaler's field alone
     repairs = []
     real_repair = handlers.repair
     monkeypatch.setattr(handlers, "REPAIR_INTERVAL_S", 1)
     monkeypatch.setattr(handlers, "repair", lambda *a: (repairs.append(a[:2]), real_repair(*a)))
-    ns, core = sim_namespace(kubectl, namespace), client.CoreV1Api(k8s_api)
+    ns, core = sim_ns, client.CoreV1Api(k8s_api)
     doc = load_sample("seed-scale-autoscaling")
     name, spec = doc["metadata"]["name"], validate(doc["metadata"]["name"], doc["spec"])
     start, lo, hi = worker_bounds(spec)
@@ -208,8 +203,8 @@ UNFIT = {  # spec, why it could never be scheduled on the simulated m5.4xlarge, 
 
 
 @pytest.mark.cluster
-def test_specs_that_cannot_fit_are_refused_before_any_pod(sim, api, k8s_api, kubectl, namespace, crd_installed):
-    ns, core = sim_namespace(kubectl, namespace), client.CoreV1Api(k8s_api)
+def test_specs_that_cannot_fit_are_refused_before_any_pod(sim, sim_ns, api, k8s_api, kubectl, crd_installed):
+    ns, core = sim_ns, client.CoreV1Api(k8s_api)
     for case, (spec, unschedulable, message) in UNFIT.items():
         assert unschedulable, case
         body = {"apiVersion": C.API_VERSION, "kind": C.KIND, "metadata": {"name": f"unfit-{case}"},

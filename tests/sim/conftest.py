@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -68,9 +69,32 @@ def admission_policy() -> list[dict]:
     ]
 
 
+def _pid_file(name: str) -> Path:
+    return ROOT / ".cache" / "sim" / f"{name}.pid"
+
+
+def _stop_leftover(name: str) -> None:
+    """A process of ours that a killed session left running (its PID file, checked against /proc/PID/exe)."""
+    try:
+        pid = int(_pid_file(name).read_text())
+        if os.readlink(f"/proc/{pid}/exe").startswith(str(BIN / name)):
+            os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError, ValueError, PermissionError):
+        pass
+    _pid_file(name).unlink(missing_ok=True)
+
+
 def _start(name: str, args: list[str], logs: Path) -> subprocess.Popen:
+    _stop_leftover(name)
     log = open(logs / f"{name}.log", "w")
-    return subprocess.Popen([str(BIN / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([str(BIN / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _pid_file(name).write_text(f"{proc.pid}\n")
+    return proc
+
+
+def _stop(proc: subprocess.Popen, name: str) -> None:
+    stop_process(proc, 15)
+    _pid_file(name).unlink(missing_ok=True)
 
 
 def _nodes_ready(kubectl) -> bool:
@@ -107,12 +131,12 @@ def sim(kubeconfig, kubectl, tmp_path_factory, request):
             f"--config={config}", f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
             "--profiling=false", "-v=1"], logs)
-        stack.callback(stop_process, scheduler, 15)
+        stack.callback(_stop, scheduler, "kube-scheduler")
         kwok = _start("kwok", [
             f"--kubeconfig={kubeconfig}", f"--config={ROOT / '.cache' / 'sim' / 'kwok-stages.yaml'}",
             "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={'='.join(KWOK_ANNOTATION)}",
             "--node-ip=10.99.0.1", "--cidr=10.99.0.0/16"], logs)
-        stack.callback(stop_process, kwok, 15)
+        stack.callback(_stop, kwok, "kwok")
         wait_for(lambda: _nodes_ready(kubectl) or scheduler.poll() is not None or kwok.poll() is not None,
                  "kwok to make the simulated nodes Ready", timeout=60)
         for proc, name in ((scheduler, "kube-scheduler"), (kwok, "kwok")):

@@ -171,6 +171,27 @@ def _resources(cpus: int, memory_gi: int) -> dict[str, Any]:
     return {"requests": dict(amount), "limits": dict(amount)}
 
 
+# KubeRay's autoscaler sidecar runs in the head pod when autoscaling is on. Its share comes out of `cluster.head`, which
+# sizes the whole head pod: KubeRay's default (0.5 CPU on top) would not fit a node sized for head + workers (the local
+# node's 2 CPUs). Its loop is light: a GCS poll and a few API calls every few seconds.
+AUTOSCALER_CPU_M = 200
+AUTOSCALER_MEMORY_MI = 512
+
+
+def _head_resources(spec: TextGenServiceSpec) -> dict[str, Any]:
+    c = spec.cluster
+    if not spec.autoscaling.enabled:
+        return _resources(c.head_cpus, c.head_memory_gi)
+    amount = {"cpu": f"{c.head_cpus * 1000 - AUTOSCALER_CPU_M}m",
+              "memory": f"{c.head_memory_gi * 1024 - AUTOSCALER_MEMORY_MI}Mi"}
+    return {"requests": dict(amount), "limits": dict(amount)}
+
+
+def _autoscaler_resources() -> dict[str, Any]:
+    amount = {"cpu": f"{AUTOSCALER_CPU_M}m", "memory": f"{AUTOSCALER_MEMORY_MI}Mi"}
+    return {"requests": dict(amount), "limits": dict(amount)}
+
+
 def _pod_template(name: str, spec: TextGenServiceSpec, component: str, container: dict[str, Any],
                   volumes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A Ray pod template that meets the restricted Pod Security Standard (pod_security.py)."""
@@ -203,7 +224,7 @@ def build_ray_cluster_spec(name: str, spec: TextGenServiceSpec) -> dict[str, Any
             {"name": "client", "containerPort": 10001},
             {"name": "serve", "containerPort": C.SERVE_PORT},
         ],
-        "resources": _resources(c.head_cpus, c.head_memory_gi),
+        "resources": _head_resources(spec),
     }, volumes=[PS.autoscaler_token_volume()] if spec.autoscaling.enabled else None)
     worker = _pod_template(name, spec, "ray-worker", {
         "name": "ray-worker",
@@ -219,6 +240,7 @@ def build_ray_cluster_spec(name: str, spec: TextGenServiceSpec) -> dict[str, Any
         cluster["autoscalerOptions"] = {
             "upscalingMode": "Default",
             "idleTimeoutSeconds": spec.autoscaling.node_idle_timeout_s,
+            "resources": _autoscaler_resources(),
             **PS.autoscaler_options(),
         }
     cluster["headGroupSpec"] = {

@@ -339,10 +339,11 @@ class TextGenServiceStatus(_Obj):
 
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
     observed_generation: Optional[int] = Field(None, description="The spec generation the RayService was built from.")
-    replicas: Optional[int] = Field(None, description="Model replicas asked of Ray Serve (the scale subresource).")
+    replicas: Optional[int] = Field(None, description="Model replicas asked of Ray Serve (the scale subresource); "
+                                    "with autoscaling, Serve's current target.")
     ready_replicas: Optional[int] = Field(
-        None, description="Model replicas serving: all of them while the app is RUNNING and its model deployment "
-        "HEALTHY, else 0 (KubeRay reports no per-replica counts).")
+        None, description="Model replicas serving: those Ray Serve reports RUNNING (its REST API on the head); when "
+        "the head cannot be asked, all of them while the app is RUNNING and its model deployment HEALTHY, else 0.")
     selector: Optional[str] = Field(None, description="Label selector of the worker pods (the scale subresource).")
     url: Optional[str] = Field(None, description="In-cluster URL of the serve endpoint.")
     ray_service_name: Optional[str] = Field(None, description="Name of the RayService.")

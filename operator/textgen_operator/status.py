@@ -112,11 +112,12 @@ def build_status(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None, *
         if applied is not None:
             status["observedGeneration"] = int(applied)
 
+    cluster = _get(rayservice, "status", "activeServiceStatus", "rayClusterName")
     if unschedulable and progressing[0] == "True" and progressing[1] in _NEW_CLUSTER_REASONS:
         progressing = ("False", "NewClusterUnschedulable",
-                       f"The new RayCluster cannot be scheduled (the old one keeps serving): {unschedulable}")
+                       f"The new RayCluster cannot be scheduled (the old one keeps serving): {unschedulable}") \
+            if cluster else ("False", "ClusterUnschedulable", f"The RayCluster cannot be scheduled: {unschedulable}")
 
-    cluster = _get(rayservice, "status", "activeServiceStatus", "rayClusterName")
     if cluster:
         status["rayClusterName"] = cluster
     status["conditions"] = [

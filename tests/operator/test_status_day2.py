@@ -82,6 +82,11 @@ def test_unschedulable_new_cluster_is_named_not_progressing_forever():
     message = next(c["message"] for c in s["conditions"] if c["type"] == "Progressing")
     assert f"new-head: {why}" in message
     assert conds(build_status(tgs(), rs, now=T0))["Progressing"] == ("True", "PreparingNewCluster")
+    # KubeRay prepares a RayService's first cluster as a pending one too: there is no old cluster serving then.
+    first = rayservice(ready=("False", "Initializing", ""), pending="demo-first")
+    s = build_status(tgs(), first, now=T0, unschedulable=f"new-head: {why}")
+    assert conds(s)["Progressing"] == ("False", "ClusterUnschedulable")
+    assert "old one" not in next(c["message"] for c in s["conditions"] if c["type"] == "Progressing")
 
 
 def test_ingress_moves_to_the_head_only_when_scaling_to_zero():

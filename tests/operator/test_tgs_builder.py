@@ -115,6 +115,27 @@ def test_seed_scale_is_eight_m5_4xlarge_workers():
     assert group["template"]["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "m5.4xlarge"}
 
 
+def cpus(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else int(quantity)
+
+
+def gib(quantity: str) -> float:
+    return int(quantity[:-2]) / 1024 if quantity.endswith("Mi") else int(quantity.removesuffix("Gi"))
+
+
+def test_autoscaler_sidecar_comes_out_of_the_head_pods_size():
+    spec = {"autoscaling": {"minReplicas": 0, "maxReplicas": 3}, "cluster": {"head": {"cpus": 1, "memoryGi": 3}}}
+    cluster = rs_for(spec)["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    sidecar = cluster["autoscalerOptions"]["resources"]
+    assert sidecar["requests"] == sidecar["limits"]  # the head pod stays Guaranteed
+    assert cpus(head["cpu"]) + cpus(sidecar["limits"]["cpu"]) == 1
+    assert gib(head["memory"]) + gib(sidecar["limits"]["memory"]) == 3
+    fixed = rs_for({"cluster": {"head": {"cpus": 1, "memoryGi": 3}}})["spec"]["rayClusterConfig"]
+    assert fixed["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == \
+        {"cpu": "1", "memory": "3Gi"}  # no sidecar: the head container has it all
+
+
 def test_head_runs_no_replicas_and_pods_fit_the_node(sample):
     _, doc = sample
     spec = TextGenServiceSpec.model_validate(doc["spec"])
@@ -127,8 +148,8 @@ def test_head_runs_no_replicas_and_pods_fit_the_node(sample):
         assert container["image"] == spec.cluster.image
         res = container["resources"]
         assert res["requests"] == res["limits"]
-        assert int(res["limits"]["cpu"]) < node.vcpus
-        assert int(res["limits"]["memory"].removesuffix("Gi")) < node.memory_gib
+        assert cpus(res["limits"]["cpu"]) < node.vcpus
+        assert gib(res["limits"]["memory"]) < node.memory_gib
         assert tmpl["spec"]["nodeSelector"] == {C.NODE_TYPE_LABEL: spec.cluster.node_type}
         assert tmpl["metadata"]["labels"][C.LABEL_SERVICE] == "demo"
 

@@ -124,9 +124,9 @@ def test_more_workers_than_nodes_are_reported_with_the_schedulers_words(sim, sim
         def progressing():
             tgs = api.get_namespaced_custom_object(C.GROUP, C.VERSION, ns, C.PLURAL, name)
             cond = {c["type"]: c for c in (tgs.get("status") or {}).get("conditions") or []}.get("Progressing") or {}
-            return cond if cond.get("reason") == "NewClusterUnschedulable" else None
+            return cond if cond.get("reason") == "ClusterUnschedulable" else None  # a first cluster: none serves yet
 
-        cond = wait_for(progressing, "Progressing=False/NewClusterUnschedulable", timeout=90)
+        cond = wait_for(progressing, "Progressing=False/ClusterUnschedulable", timeout=90)
     assert cond["status"] == "False" and "Insufficient cpu" in cond["message"], cond
     pending = [p.metadata.name for p in core.list_namespaced_pod(ns).items if p.status.phase == "Pending"]
     assert len(pending) == 1 and pending[0] in cond["message"], (pending, cond["message"])

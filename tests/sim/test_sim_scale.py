@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from textgen_operator import constants as C
-from textgen_operator import handlers
+from textgen_operator import handlers, memory
 from textgen_operator.builder import worker_bounds
 from textgen_operator.constants import INGRESS_CPUS, NODE_TYPES
 from textgen_operator.validation import validate
@@ -199,6 +199,10 @@ UNFIT = {  # spec, why it could never be scheduled on the simulated m5.4xlarge, 
                   "cluster.head.cpus must fit the node type"),
     "replica-cpus": ({"cluster": {"cpusPerReplica": 15}}, 15000 + INGRESS_CPUS * 1000 > 15000,
                      "cluster.cpusPerReplica plus 0.5 CPU for the HTTP ingress must fit in one worker pod"),
+    # replicas per node x per-replica memory: 7 replicas, each with a KV cache for 128 full sequences, in 56 GiB
+    "replicas-memory": ({"serving": {"maxBatchSize": 128, "maxOngoingRequests": 128}},
+                        not memory.fits(model="gpt2", max_batch_size=128, replicas_on_node=7, worker_memory_gi=56),
+                        memory.MESSAGE[:60]),
 }
 
 

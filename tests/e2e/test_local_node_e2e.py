@@ -152,6 +152,9 @@ def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_
     # 1. helm install: the operator runs in a pod, from the local image, as the chart's ServiceAccount. Helm never
     # updates a CRD that exists (one an earlier run left): apply the chart's copy first, as users do on upgrades.
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    # The namespace enforces the restricted Pod Security Standard: the operator's and the Ray pods must all pass.
+    kubectl("create", "namespace", NAMESPACE)
+    kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
     helm_install(kubeconfig, local_images["OPERATOR_IMAGE"])
     (op_pod,) = items(kubectl, "pods", "-l", f"app.kubernetes.io/instance={RELEASE}")
     assert op_pod["status"]["phase"] == "Running"
@@ -190,6 +193,8 @@ def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_
     assert first[0]["generated_text"].startswith("Hello friend, how") and len(first[0]["generated_text"]) > 17
     models = httpx.get(f"{base}/v1/models", timeout=30).json()
     assert [m["id"] for m in models["data"]] == [STAND_IN] and models["data"][0]["random_init"] is True
+    # The serve image preloads Intel OpenMP (images/serve/Dockerfile): the model replica runs torch on it.
+    assert httpx.get(f"{base}/stats", timeout=30).json()["openmp"] == "intel"
     with httpx.stream("POST", f"{base}/v1/completions", timeout=120,
                       json={"prompt": "Once upon a time", "max_tokens": 8, "stream": True}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")

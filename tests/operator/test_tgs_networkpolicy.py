@@ -18,7 +18,7 @@ from textgen_operator.networkpolicy import (
     build_networkpolicy,
     settings_from_env,
 )
-from textgen_operator.ray_auth import active_ray_cluster, auth_secret_name, token_from_secret
+from textgen_operator.ray_auth import MIN_RAY_VERSION, active_ray_cluster, auth_secret_name, token_from_secret
 from tgs_common import SAMPLES
 
 from tests.chart.chart_utils import render_objects
@@ -78,7 +78,7 @@ def test_every_sample_asks_kuberay_for_token_auth(path):
     doc = yaml.safe_load(path.read_text())
     cluster = build_rayservice(doc["metadata"]["name"], "ns", doc["spec"])["spec"]["rayClusterConfig"]
     assert cluster["authOptions"] == {"mode": "token"}
-    assert tuple(map(int, cluster["rayVersion"].split("."))) >= (2, 52, 0)  # KubeRay refuses token auth below
+    assert tuple(map(int, cluster["rayVersion"].split("."))) >= MIN_RAY_VERSION  # KubeRay refuses token auth below
 
 
 def test_token_secret_name_follows_kuberays_check_name():

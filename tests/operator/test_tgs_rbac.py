@@ -25,13 +25,11 @@ from textgen_operator.networkpolicy import CONTROL_PLANE_PORTS, policy_name
 from textgen_operator.ray_auth import TOKEN_KEY, auth_secret_name
 from tgs_common import ROOT, create_tgs, get, load_sample
 
-from tests.chart.chart_utils import documented_rbac
+from tests.chart.chart_utils import CHART, documented_rbac, helm
 from tests.k8s_fixtures import wait_for
 
 pytestmark = pytest.mark.cluster
 
-CHART = ROOT / "charts" / "textgen-operator"
-HELM = ROOT / ".cache" / "bin" / "helm"
 
 
 def documented_rules() -> set[tuple[str, frozenset[str]]]:
@@ -56,11 +54,11 @@ def can_i_list(kubectl, namespace: str, sa: str) -> set[tuple[str, frozenset[str
 
 
 def render(release: str, namespace: str, *values: str) -> str:
-    args = [str(HELM), "template", release, str(CHART), "--namespace", namespace,
+    args = ["template", release, str(CHART), "--namespace", namespace,
             "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"]
     for v in values:
         args += ["--set", v]
-    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return helm(*args).stdout
 
 
 @pytest.fixture

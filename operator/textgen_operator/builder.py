@@ -19,6 +19,7 @@ from serve_app import contract as SC
 from . import constants as C
 from . import pod_security as PS
 from . import ray_auth as RA
+from .pod_customisation import customise
 from .spec import TextGenServiceSpec
 from .validation import validate
 
@@ -210,7 +211,7 @@ def _pod_template(name: str, spec: TextGenServiceSpec, component: str, container
     }
     if volumes:
         pod["volumes"] = volumes
-    return {"metadata": {"labels": pod_labels(name, component)}, "spec": pod}
+    return customise({"metadata": {"labels": pod_labels(name, component)}, "spec": pod}, spec.cluster.pod)
 
 
 def build_ray_cluster_spec(name: str, spec: TextGenServiceSpec) -> dict[str, Any]:

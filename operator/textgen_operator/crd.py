@@ -18,16 +18,30 @@ from .spec import ROOT_RULES, TextGenServiceSpec, TextGenServiceStatus
 
 # JSON-schema keys that carry over into a Kubernetes structural schema unchanged.
 _KEEP = ("type", "description", "default", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern",
-         "multipleOf", "format", "x-kubernetes-validations")
+         "multipleOf", "format", "maxItems", "x-kubernetes-validations")
+
+
+# Marks a core/v1 schema while converting (no defaults are made up inside it); removed from the result.
+_CORE_MARK = "x-textgen-core-v1"
 
 
 def openapi_schema(model: type) -> dict[str, Any]:
     """The structural OpenAPI v3 schema of a pydantic model, with $refs inlined and nullable unions flattened."""
     js = model.model_json_schema(by_alias=True, mode="validation")
-    return _convert(js, js.get("$defs", {}))
+    return _unmark(_convert(js, js.get("$defs", {})))
+
+
+def _unmark(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _unmark(v) for k, v in node.items() if k != _CORE_MARK}
+    if isinstance(node, list):
+        return [_unmark(v) for v in node]
+    return node
 
 
 def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "x-core-v1" in node:
+        return _core_field(node)
     if "$ref" in node:
         target = _convert(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
         # Annotations beside the $ref (a field's description) win over the model's own.
@@ -52,14 +66,18 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out["exclusiveMinimum"] = True
     if "const" in node:
         out["enum"] = [node["const"]]
-    if node.get("type") == "object" or "properties" in node:
+    if isinstance(node.get("additionalProperties"), dict):  # a map (dict[str, X]): no fixed properties
+        out["type"] = "object"
+        out["additionalProperties"] = _convert(node["additionalProperties"], defs)
+    elif node.get("type") == "object" or "properties" in node:
         out["type"] = "object"
         props = node.get("properties", {})
         required = set(node.get("required", []))
         out["properties"] = {}
         for name, sub in props.items():
             prop = _convert(sub, defs)
-            if prop.get("type") == "object" and name not in required and "default" not in prop:
+            if prop.get("type") == "object" and name not in required and "default" not in prop \
+                    and _CORE_MARK not in prop:  # core/v1 objects (affinity) stay unset
                 # An absent object gets its fields' defaults. Spelled out in full: the API server checks a
                 # default against the schema (CEL rules included) without defaulting inside it first.
                 prop["default"] = _defaults_of(prop)
@@ -71,18 +89,48 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return _ordered(out)
 
 
+def volume_rules() -> list[dict[str, str]]:
+    """The CEL rules on each of spec.cluster.pod.volumes: the restricted Pod Security Standard's types only."""
+    from .core_schemas import REFUSED_VOLUME_SOURCES, VOLUME_SOURCES
+
+    refused = [{"rule": f"!has(self.{src})",
+                "message": f"{src} volumes are not allowed (the restricted Pod Security Standard's types only)"}
+               for src in REFUSED_VOLUME_SOURCES]
+    one = {"rule": "[" + ", ".join(f"has(self.{src})" for src in VOLUME_SOURCES) + "].filter(x, x).size() == 1",
+           "message": f"a volume must use exactly one of {', '.join(VOLUME_SOURCES)}"}
+    return [*refused, one]
+
+
+def _core_field(node: dict[str, Any]) -> dict[str, Any]:
+    """A pod customisation field: core/v1's schema of its kind (a list of them for a list field)."""
+    from .core_schemas import core_schema
+
+    kind = node["x-core-v1"]
+    item = core_schema(kind)
+    if kind == "Volume":
+        item["x-kubernetes-validations"] = volume_rules()
+    is_list = node.get("type") == "array"
+    out = {"type": "array", "items": item} if is_list else item
+    for key in ("description", "maxItems"):
+        if key in node:
+            out[key] = node[key]
+    out[_CORE_MARK] = kind
+    return _ordered(out)
+
+
 def _defaults_of(schema: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, prop in schema.get("properties", {}).items():
         if "default" in prop:
             out[name] = copy.deepcopy(prop["default"])
-        elif prop.get("type") == "object" and "properties" in prop:
+        elif prop.get("type") == "object" and "properties" in prop and _CORE_MARK not in prop:
             out[name] = _defaults_of(prop)
     return out
 
 
 _ORDER = ("description", "type", "format", "enum", "default", "minimum", "exclusiveMinimum", "maximum", "multipleOf",
-          "minLength", "maxLength", "pattern", "required", "properties", "items", "x-kubernetes-list-type",
+          "minLength", "maxLength", "maxItems", "pattern", "required", "properties", "additionalProperties", "items",
+          "x-kubernetes-list-type",
           "x-kubernetes-list-map-keys", "x-kubernetes-validations")
 
 

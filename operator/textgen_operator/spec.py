@@ -24,6 +24,7 @@ from .constants import (
     INGRESS_CPUS,
     MAX_NAME_LENGTH,
     NODE_CPU_HEADROOM,
+    NODE_TYPE_LABEL,
     NODE_TYPES,
     RAY_VERSION,
 )
@@ -207,6 +208,53 @@ def _fits(field: str, table: dict[str, int], what: str) -> Rule:
     )
 
 
+def _core(kind: str, **kw: Any) -> Any:
+    """A field the API server validates with core/v1's schema of `kind` (crd.py inlines it from core_schemas.py)."""
+    return Field(json_schema_extra={"x-core-v1": kind}, **kw)
+
+
+_VOLUME_SOURCES = "configMap, csi, downwardAPI, emptyDir, persistentVolumeClaim, projected or secret"
+_RESERVED_VOLUMES = ("shared-mem", "autoscaler-api-access")  # KubeRay's /dev/shm, pod_security.py's token volume
+
+
+class PodCustomisation(_Obj):
+    """Kubernetes fields for the Ray head and worker pods (none can change their securityContext: restricted)."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels (ours win on a clash).")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="nodeSelector terms besides the node type's instance-type label.")
+    tolerations: list[dict[str, Any]] = _core("Toleration", default_factory=list, max_length=32)
+    affinity: Optional[dict[str, Any]] = _core("Affinity", default=None)
+    image_pull_secrets: list[dict[str, Any]] = _core("LocalObjectReference", default_factory=list, max_length=16)
+    service_account_name: Optional[str] = Field(
+        None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="ServiceAccount of the Ray pods (no token is mounted; with autoscaling KubeRay binds its "
+        "autoscaler Role to the head's).")
+    priority_class_name: Optional[str] = Field(None, max_length=253, description="PriorityClass of the Ray pods.")
+    env: list[dict[str, Any]] = _core("EnvVar", default_factory=list, max_length=64,
+                                      description="Environment variables of the Ray containers.")
+    env_from: list[dict[str, Any]] = _core("EnvFromSource", default_factory=list, max_length=16)
+    volumes: list[dict[str, Any]] = _core(
+        "Volume", default_factory=list, max_length=16,
+        description=f"Pod volumes: {_VOLUME_SOURCES} (the restricted Pod Security Standard's types).")
+    volume_mounts: list[dict[str, Any]] = _core("VolumeMount", default_factory=list, max_length=16,
+                                                description="Mounts of `volumes` in the Ray containers.")
+
+    rules = (
+        Rule(f"!has(self.nodeSelector) || !('{NODE_TYPE_LABEL}' in self.nodeSelector)",
+             f"cluster.pod.nodeSelector must not set {NODE_TYPE_LABEL}: cluster.nodeType decides it",
+             lambda p: NODE_TYPE_LABEL not in p.node_selector),
+        Rule("!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
+             "self.volumes.exists(v, v.name == m.name))",
+             "cluster.pod.volumeMounts must name volumes of cluster.pod.volumes",
+             lambda p: {m.get("name") for m in p.volume_mounts} <= {v.get("name") for v in p.volumes}),
+        Rule("!has(self.volumes) || self.volumes.all(v, !(v.name in " + str(list(_RESERVED_VOLUMES)) + "))",
+             f"cluster.pod.volumes must not be named {' or '.join(_RESERVED_VOLUMES)} (used by the Ray pods)",
+             lambda p: not {v.get("name") for v in p.volumes} & set(_RESERVED_VOLUMES)),
+    )
+
+
 class Cluster(_Obj):
     """Shape of the KubeRay cluster: image, Ray version, node type and how CPUs are shared out."""
 
@@ -226,6 +274,8 @@ class Cluster(_Obj):
     worker: PodResources = Field(
         default_factory=PodResources,
         description="Worker pod resources (default: the node type's vCPUs minus 1, and 7/8 of its memory).")
+    pod: PodCustomisation = Field(default_factory=PodCustomisation,
+                                  description="Kubernetes fields for the Ray head and worker pods.")
     upgrade_strategy: Literal["NewCluster", "None"] = Field(
         "NewCluster", description="What KubeRay does when the cluster shape changes: NewCluster (zero-downtime, "
         "needs room for two clusters) or None (no new cluster).")

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from textgen_operator import constants as C
 from textgen_operator import crd
-from textgen_operator.spec import ROOT_RULES, Autoscaling, Cluster, Serving, TextGenServiceSpec
+from textgen_operator.crd import volume_rules
+from textgen_operator.spec import ROOT_RULES, Autoscaling, Cluster, PodCustomisation, Serving, TextGenServiceSpec
 from tgs_common import ROOT, SAMPLES
 
 COMMITTED = [ROOT / "manifests" / "crd" / C.CRD_FILENAME, ROOT / "charts" / "textgen-operator" / "crds" / C.CRD_FILENAME]
@@ -62,9 +63,12 @@ def test_schema_is_structural():
     for path, node in _walk(schema):
         if not isinstance(node, dict) or path.endswith(".properties") or ".default" in path:
             continue
-        assert not {"$ref", "$defs", "anyOf", "oneOf", "allOf", "additionalProperties", "title"} & set(node), path
+        assert not {"$ref", "$defs", "anyOf", "oneOf", "allOf", "title"} & set(node), path
+        if "additionalProperties" in node:  # a map: a schema for its values, no fixed properties
+            assert isinstance(node["additionalProperties"], dict) and "properties" not in node, path
         if "x-kubernetes-validations" not in path and "properties" not in path.rsplit(".", 1)[-1]:
-            assert "type" in node or path.endswith("metadata") or "x-kubernetes-validations" in path, path
+            assert "type" in node or path.endswith("metadata") or "x-kubernetes-validations" in path \
+                or node.get("x-kubernetes-int-or-string") is True, path
 
 
 def test_spec_and_status_fields():
@@ -104,8 +108,10 @@ def _rules_in(schema):
 def test_every_rule_is_in_the_crd_with_its_message():
     _, v = _crd_version()
     in_crd = {(r["rule"], r["message"]) for r in _rules_in(v["schema"]["openAPIV3Schema"])}
-    declared = {(r.cel, r.message) for m in (TextGenServiceSpec, Autoscaling, Serving, Cluster) for r in m.rules}
+    declared = {(r.cel, r.message) for m in (TextGenServiceSpec, Autoscaling, Serving, Cluster, PodCustomisation)
+                for r in m.rules}
     declared |= {(r.cel, r.message) for r in ROOT_RULES}
+    declared |= {(r["rule"], r["message"]) for r in volume_rules()}
     assert declared and declared == in_crd
     assert ("(has(self.minReplicas) ? self.minReplicas : 1) <= (has(self.maxReplicas) ? self.maxReplicas : 4)",
             "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas") in in_crd
@@ -119,9 +125,10 @@ def test_rule_fields_exist_in_the_schema():
         if not isinstance(node, dict) or "x-kubernetes-validations" not in node:
             continue
         for rule in node["x-kubernetes-validations"]:
-            for ref in re.findall(r"self((?:\.[A-Za-z]+)+)", rule["rule"]):
+            for ref, call in re.findall(r"self((?:\.[A-Za-z]+)+)(\(?)", rule["rule"]):
+                parts = ref.strip(".").split(".")
                 cursor = node
-                for part in ref.strip(".").split("."):
+                for part in parts[:-1] if call else parts:  # self.volumes.all(...): `all` is a CEL macro
                     if cursor is root and part == "metadata":
                         break
                     assert part in cursor.get("properties", {}), f"{rule['rule']}: {part} not under {path}"

@@ -4,11 +4,17 @@ The user's fields go beside the operator's, and the operator's win where both se
 node type's instance-type nodeSelector term, our volumes. No field reaches a securityContext, host namespace or
 privileged setting (the restricted Pod Security Standard holds whatever is set here), and the API server refuses
 hostPath and other volume types outside the restricted list (the CRD's rules).
+
+Cluster-wide defaults come from the chart's `podDefaults` ($TEXTGEN_POD_DEFAULTS, JSON): a TextGenService's own
+value of a field replaces the default of that field.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from .spec import PodCustomisation
@@ -33,4 +39,20 @@ def customise(template: dict[str, Any], pod: PodCustomisation) -> dict[str, Any]
     for key, value in (("env", pod.env), ("envFrom", pod.env_from), ("volumeMounts", pod.volume_mounts)):
         if value:
             ray[key] = copy.deepcopy(value) + ray.get(key, [])
+    return out
+
+
+DEFAULTS_ENV = "TEXTGEN_POD_DEFAULTS"
+
+
+def with_pod_defaults(spec: Mapping[str, Any] | None, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """`spec` with the cluster-wide pod defaults under its own spec.cluster.pod fields. An empty field counts as
+    unset (the API server fills in `{}` for the maps), so it takes the default."""
+    out = copy.deepcopy(dict(spec or {}))
+    defaults = json.loads(environ.get(DEFAULTS_ENV) or "{}")
+    if not defaults:
+        return out
+    cluster = out.setdefault("cluster", {})
+    own = {k: v for k, v in (cluster.get("pod") or {}).items() if v not in (None, {}, [], "")}
+    cluster["pod"] = {**defaults, **own}
     return out

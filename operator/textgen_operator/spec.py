@@ -28,6 +28,7 @@ from .constants import (
     NODE_TYPES,
     RAY_VERSION,
 )
+from .core_schemas import VOLUME_SOURCES
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,8 @@ def _core(kind: str, **kw: Any) -> Any:
     return Field(json_schema_extra={"x-core-v1": kind}, **kw)
 
 
-_VOLUME_SOURCES = "configMap, csi, downwardAPI, emptyDir, persistentVolumeClaim, projected or secret"
+_VOLUME_SOURCES = ", ".join(VOLUME_SOURCES)
+_CEL_ONE_SOURCE = "[" + ", ".join(f"has(v.{src})" for src in VOLUME_SOURCES) + "].filter(x, x).size() == 1"
 _RESERVED_VOLUMES = ("shared-mem", "autoscaler-api-access")  # KubeRay's /dev/shm, pod_security.py's token volume
 
 
@@ -249,6 +251,11 @@ class PodCustomisation(_Obj):
              "self.volumes.exists(v, v.name == m.name))",
              "cluster.pod.volumeMounts must name volumes of cluster.pod.volumes",
              lambda p: {m.get("name") for m in p.volume_mounts} <= {v.get("name") for v in p.volumes}),
+        # Also checked here (not only per item in the CRD): the chart's podDefaults reach the operator unchecked.
+        Rule(f"!has(self.volumes) || self.volumes.all(v, {_CEL_ONE_SOURCE})",
+             f"cluster.pod.volumes may only use one of {_VOLUME_SOURCES} each (the restricted Pod Security "
+             "Standard's types; no hostPath)",
+             lambda p: all(len(set(v) - {"name"}) == 1 and set(v) - {"name"} <= set(VOLUME_SOURCES) for v in p.volumes)),
         Rule("!has(self.volumes) || self.volumes.all(v, !(v.name in " + str(list(_RESERVED_VOLUMES)) + "))",
              f"cluster.pod.volumes must not be named {' or '.join(_RESERVED_VOLUMES)} (used by the Ray pods)",
              lambda p: not {v.get("name") for v in p.volumes} & set(_RESERVED_VOLUMES)),

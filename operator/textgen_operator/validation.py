@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from .pod_customisation import with_pod_defaults
 from .spec import ROOT_RULES, TextGenServiceSpec
 
 
@@ -33,7 +34,7 @@ def parse(name: str, spec: Mapping[str, Any] | None) -> tuple[TextGenServiceSpec
     problems = [r.message for r in ROOT_RULES if not r.check(name)]
     parsed = None
     try:
-        parsed = TextGenServiceSpec.model_validate(dict(spec or {}))
+        parsed = TextGenServiceSpec.model_validate(with_pod_defaults(spec))
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             msg = err["msg"]

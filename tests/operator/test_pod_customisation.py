@@ -12,8 +12,10 @@ from pss_restricted import violations
 from pydantic import ValidationError
 from test_pod_security import effective_pods
 from textgen_operator import constants as C
+from textgen_operator.pod_customisation import DEFAULTS_ENV, with_pod_defaults
 from textgen_operator.spec import TextGenServiceSpec
-from tgs_common import create_tgs, load_sample
+from textgen_operator.validation import InvalidSpec, validate
+from tgs_common import create_tgs, get, load_sample
 
 from tests.k8s_fixtures import wait_for
 
@@ -108,3 +110,45 @@ def test_the_api_server_validates_and_refuses(api, k8s_api, kubectl, namespace, 
         assert spec["imagePullSecrets"] == [{"name": "regcred"}]
         assert {"name": "HF_HUB_OFFLINE", "value": "1"} in spec["containers"][0]["env"]
         assert pod.metadata.labels["team"] == "nlp" and pod.metadata.labels["app.kubernetes.io/component"] != "mine"
+
+
+DEFAULTS = {"tolerations": [{"key": "ray", "operator": "Exists"}], "env": [{"name": "A", "value": "default"}],
+            "labels": {"team": "all"}}
+
+
+def test_chart_defaults_go_under_the_services_own_fields():
+    env = {DEFAULTS_ENV: json.dumps(DEFAULTS)}
+    spec = with_pod_defaults({"cluster": {"pod": {"env": [{"name": "A", "value": "mine"}], "labels": {}}}}, env)
+    assert spec["cluster"]["pod"] == {**DEFAULTS, "env": [{"name": "A", "value": "mine"}]}
+    assert with_pod_defaults({"replicas": 2}, {}) == {"replicas": 2}
+
+
+def test_chart_defaults_cannot_bring_a_host_path(monkeypatch):
+    monkeypatch.setenv(DEFAULTS_ENV, json.dumps({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}))
+    with pytest.raises(InvalidSpec) as info:
+        validate("x", {})
+    assert "cluster.pod.volumes may only use one of" in str(info.value)
+
+
+def test_the_chart_hands_pod_defaults_to_the_operator():
+    from tests.chart.chart_utils import render_objects
+
+    objs = render_objects("--set-json", f"podDefaults={json.dumps(DEFAULTS)}")
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env[DEFAULTS_ENV]) == DEFAULTS
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_the_operator_applies_chart_defaults(api, namespace, run_operator, monkeypatch):
+    monkeypatch.setenv(DEFAULTS_ENV, json.dumps(DEFAULTS))
+    doc = load_sample("fixed")
+    with run_operator():
+        create_tgs(api, namespace, doc)
+        rs = wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, doc["metadata"]["name"]), "the RayService")
+    cluster = rs["spec"]["rayClusterConfig"]
+    for template in (cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]):
+        assert template["spec"]["tolerations"] == DEFAULTS["tolerations"]
+        assert template["spec"]["containers"][0]["env"][0] == {"name": "A", "value": "default"}
+        assert template["metadata"]["labels"]["team"] == "all"

@@ -10,20 +10,34 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.node_e2e import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    ROOT,
+    STAND_IN,
+    Timings,
+    applied,
+    generate_ok,
+    get_tgs,
+    helm,
+    helm_install,
+    items,
+    jget,
+    leftovers_of_an_earlier_run,
+    pod_phases,
+    ready_condition,
+    restricted_namespace,
+    serve_base_url,
+    serve_replicas,
+)
 from tests.k8s_fixtures import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "textgen-operator"
-NAMESPACE = "textgen-e2e"
-RELEASE = "textgen-operator"
 TGS = "gpt2"
-STAND_IN = "gpt2-random-init"  # the model `make model` builds, baked into the serve image by hack/node/images.sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(3600)]
 
@@ -51,95 +65,6 @@ spec:
 """
 
 
-class Timings(dict):
-    def __init__(self):
-        super().__init__()
-        self._t = time.monotonic()
-
-    def lap(self, name: str) -> float:
-        now = time.monotonic()
-        self[name] = round(now - self._t, 1)
-        self._t = now
-        print(f"[e2e] {name}: {self[name]} s", flush=True)
-        return self[name]
-
-
-def jget(kubectl, *args: str) -> dict:
-    return json.loads(kubectl("get", *args, "-o", "json").stdout)
-
-
-def items(kubectl, kind: str, *selectors: str) -> list[dict]:
-    return jget(kubectl, kind, "-n", NAMESPACE, *selectors)["items"]
-
-
-def pod_phases(kubectl, node_type: str) -> list[str]:
-    return [p["status"].get("phase", "") for p in items(kubectl, "pods", "-l", f"ray.io/node-type={node_type}")
-            if not p["metadata"].get("deletionTimestamp")]
-
-
-def ready_condition(tgs: dict) -> dict:
-    return next((c for c in tgs.get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
-
-
-def serve_base_url(kubectl, tgs: dict) -> str:
-    # status.url names the Serve Service (<name>-serve-svc.<ns>.svc:8000); the host reaches its ClusterIP through
-    # kube-proxy's nftables rules, the same path pods take.
-    host, port = tgs["status"]["url"].removeprefix("http://").rsplit(":", 1)
-    svc = jget(kubectl, "service", host.split(".")[0], "-n", NAMESPACE)
-    return f"http://{svc['spec']['clusterIP']}:{port}"
-
-
-def generate_ok(base: str) -> dict | None:
-    try:
-        r = httpx.get(f"{base}/generate", params={"query": "Hello friend, how", "max_tokens": 8}, timeout=60)
-    except httpx.HTTPError:
-        return None
-    return r.json() if r.status_code == 200 else None
-
-
-def serve_replicas(kubectl, cluster: str) -> list[str]:
-    """States of the model deployment's replicas, from the Ray dashboard (through the API server's proxy)."""
-    raw = kubectl("get", "--raw", f"/api/v1/namespaces/{NAMESPACE}/services/{cluster}-head-svc:dashboard/proxy"
-                  "/api/serve/applications/", check=False)
-    if raw.returncode != 0:
-        return []
-    app = json.loads(raw.stdout).get("applications", {}).get("textgen", {})
-    return [r.get("state") for r in app.get("deployments", {}).get("GPT2Model", {}).get("replicas", [])]
-
-
-def helm(kubeconfig: str, *args: str) -> str:
-    proc = subprocess.run([str(ROOT / ".cache" / "bin" / "helm"), "--kubeconfig", kubeconfig, *args],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
-
-
-def helm_install(kubeconfig: str, operator_image: str) -> None:
-    repo, tag = operator_image.rsplit(":", 1)
-    helm(kubeconfig, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", "--wait", "--timeout", "5m",
-         "--set", f"image.repository={repo}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
-         # Head (1 CPU) + worker (1 CPU) fill this 2-CPU node: the operator pod requests no CPU (limit unchanged).
-         "--set", "resources.requests.cpu=0",
-         # The chart's image policy (allowedImages) admits the locally built serve image (hack/node/images.sh).
-         "--set-json", 'allowedImages=["localhost/textgen-serve:"]')
-
-
-def applied(kubectl) -> list[dict]:
-    """The RayService, once there; fails at once when the operator refused the spec (Degraded=True)."""
-    tgs = jget(kubectl, "tgs", TGS, "-n", NAMESPACE)
-    degraded = next((c for c in tgs.get("status", {}).get("conditions", []) if c["type"] == "Degraded"), {})
-    assert degraded.get("status") != "True", f"the operator refused the TextGenService: {degraded}"
-    return items(kubectl, "rayservices")
-
-
-def leftovers_of_an_earlier_run(kubeconfig: str, kubectl) -> None:
-    """A failed run kept with E2E_KEEP=1 leaves its release and namespace: remove them so that this run starts clean."""
-    helm(kubeconfig, "uninstall", RELEASE, "-n", NAMESPACE, "--ignore-not-found", "--wait")
-    if kubectl("get", "namespace", NAMESPACE, check=False).returncode == 0:
-        kubectl("delete", "tgs", "--all", "-n", NAMESPACE, "--wait=true", timeout=300)
-        kubectl("delete", "namespace", NAMESPACE, "--wait=true", timeout=300)
-
-
 def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_images, node_status):
     leftovers_of_an_earlier_run(kubeconfig, kubectl)
     t = Timings()
@@ -152,9 +77,7 @@ def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_
     # 1. helm install: the operator runs in a pod, from the local image, as the chart's ServiceAccount. Helm never
     # updates a CRD that exists (one an earlier run left): apply the chart's copy first, as users do on upgrades.
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
-    # The namespace enforces the restricted Pod Security Standard: the operator's and the Ray pods must all pass.
-    kubectl("create", "namespace", NAMESPACE)
-    kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
+    restricted_namespace(kubectl)
     helm_install(kubeconfig, local_images["OPERATOR_IMAGE"])
     (op_pod,) = items(kubectl, "pods", "-l", f"app.kubernetes.io/instance={RELEASE}")
     assert op_pod["status"]["phase"] == "Running"
@@ -170,7 +93,7 @@ def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_
 
     # 2. apply -> RayService -> RayCluster -> head and worker Running -> Ready, READY == replicas, status.url.
     kubectl("apply", "-f", "-", input=tgs_manifest(local_images["SERVE_IMAGE"]))
-    wait_for(lambda: applied(kubectl), "the RayService", timeout=120)
+    wait_for(lambda: applied(kubectl, TGS), "the RayService", timeout=120)
     t.lap("apply -> RayService")
     clusters = wait_for(lambda: items(kubectl, "rayclusters"), "the RayCluster", timeout=120)
     cluster = clusters[0]["metadata"]["name"]
@@ -179,7 +102,7 @@ def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_
              "head and worker pods Running", timeout=600, interval=2)
     t.lap("-> head and worker pods Running")
     tgs = wait_for(lambda: (lambda o: o if ready_condition(o).get("status") == "True" else None)(
-        jget(kubectl, "tgs", TGS, "-n", NAMESPACE)), "TextGenService Ready=True", timeout=900, interval=3)
+        get_tgs(kubectl, TGS)), "TextGenService Ready=True", timeout=900, interval=3)
     t.lap("-> TextGenService Ready")
     assert tgs["status"]["readyReplicas"] == tgs["spec"]["replicas"] == 1
     header, row = kubectl("get", "tgs", TGS, "-n", NAMESPACE).stdout.splitlines()[:2]
@@ -222,7 +145,7 @@ def test_textgenservice_end_to_end_on_the_local_node(kubeconfig, kubectl, local_
     kubectl("scale", f"tgs/{TGS}", "-n", NAMESPACE, "--replicas=2")
     wait_for(lambda: serve_replicas(kubectl, cluster).count("RUNNING") == 2, "two RUNNING model replicas",
              timeout=600, interval=3)
-    wait_for(lambda: jget(kubectl, "tgs", TGS, "-n", NAMESPACE).get("status", {}).get("readyReplicas") == 2,
+    wait_for(lambda: get_tgs(kubectl, TGS).get("status", {}).get("readyReplicas") == 2,
              "READY 2", timeout=120, interval=2)
     t.lap("scale to 2 -> two replicas running")
     assert [c["metadata"]["name"] for c in items(kubectl, "rayclusters")] == [cluster]

@@ -63,7 +63,10 @@ def test_restricted_namespace_gets_ray_pods_with_no_pod_security_violation(api, 
             for pod in pods["head"] + pods["worker"]:
                 assert pod.spec.automount_service_account_token is False
     events = core.list_namespaced_event(namespace).items
+    # KubeRay's events for pods it could not create (a benign FailedToCreateRayCluster "already exists" race of
+    # its RayService controller is not about pods), and any PodSecurity refusal.
     failed = [(e.reason, e.message) for e in events
-              if e.reason.startswith("FailedToCreate") or "PodSecurity" in (e.message or "")]
+              if e.reason in ("FailedToCreateHeadPod", "FailedToCreateWorkerPod", "FailedCreate")
+              or "PodSecurity" in (e.message or "") or "violates" in (e.message or "")]
     assert failed == [], json.dumps(failed, indent=1)
     assert any(e.reason == "CreatedHeadPod" for e in events), sorted({e.reason for e in events})

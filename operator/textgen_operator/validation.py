@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from .image_policy import image_problem
 from .pod_customisation import with_pod_defaults
 from .spec import ROOT_RULES, TextGenServiceSpec
 
@@ -42,6 +43,8 @@ def parse(name: str, spec: Mapping[str, Any] | None) -> tuple[TextGenServiceSpec
                 problems.append(msg.removeprefix("Value error, "))
             else:
                 problems.append(f"{_loc(err['loc'])}: {msg}")
+    if parsed is not None and (problem := image_problem(parsed.cluster.image)):
+        problems.append(problem)
     return (None if problems else parsed), problems
 
 

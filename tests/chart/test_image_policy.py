@@ -48,6 +48,23 @@ def test_prefixes_that_could_match_longer_names_are_rejected_by_the_schema(prefi
     assert proc.returncode != 0 and "allowedImages" in proc.stderr
 
 
+def test_the_operator_gets_the_same_list_and_refuses_with_the_same_message(monkeypatch):
+    from textgen_operator.image_policy import ALLOWED_IMAGES_ENV
+    from textgen_operator.validation import InvalidSpec, validate
+
+    (dep,) = by_kind(render_objects("--set-json", 'allowedImages=["registry.example.com/team/"]'), "Deployment")
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env[ALLOWED_IMAGES_ENV]) == ["registry.example.com/team/"]
+    monkeypatch.setenv(ALLOWED_IMAGES_ENV, env[ALLOWED_IMAGES_ENV])
+    validate("ok", {"cluster": {"image": "registry.example.com/team/serve:1"}})
+    with pytest.raises(InvalidSpec) as info:
+        validate("bad", {})  # the CRD's default image is not in this list
+    assert "spec.cluster.image textgen-serve:0.1.0 is not allowed: it must start with one of " \
+        "registry.example.com/team/ (the chart value allowedImages)" in info.value.problems
+    monkeypatch.setenv(ALLOWED_IMAGES_ENV, "[]")
+    validate("any", {"cluster": {"image": "elsewhere.example/serve:1"}})
+
+
 def tgs(name: str, image: str | None = None) -> dict:
     spec = {"cluster": {"image": image}} if image else {}
     return {"apiVersion": "textgen.dev/v1alpha1", "kind": "TextGenService", "metadata": {"name": name}, "spec": spec}

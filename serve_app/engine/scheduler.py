@@ -159,4 +159,8 @@ class Scheduler:
                 self._moves.append(SlotMove(src=last, dst=i, tokens=moved.pos))
             self.running[i] = moved
         self.running.pop()
+        if not self.running:
+            # Nothing left to keep: planned moves would copy finished rows, and the engine may shrink the cache when
+            # idle (kv_cache.release), after which they would point past its slots.
+            self._moves.clear()
         return Event(seq, finish=reason, error=error)

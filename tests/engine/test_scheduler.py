@@ -62,6 +62,20 @@ def test_finished_request_frees_its_slot_by_moving_the_last_one_in():
     assert s.schedule().moves == []  # handed out once
 
 
+def test_no_move_outlives_the_last_running_request():
+    """A step that ends every request leaves no move behind: the idle engine shrinks the KV cache to two slots, and
+    a stale move from slot 2 then failed the next step (IndexError; found by make e2e-day2 under load)."""
+    s = sched()
+    a, b, c = seq(max_new=1), seq(max_new=1), seq(max_new=1)
+    for x in (a, b, c):
+        s.add(x)
+    events = s.commit(s.schedule(), [5, 6, 7])
+    assert {e.seq for e in events if e.finish} == {a, b, c} and s.running == []
+    d = seq()
+    s.add(d)
+    assert s.schedule().moves == []
+
+
 def test_stop_token_ends_without_streaming_it_and_errors_end_one_row():
     s = sched()
     a, b = seq(stops={9}), seq()

@@ -186,6 +186,17 @@ prune_old() { # repository current-image
   done
 }
 
+# The CRI also names every image it sees by its ID (sha256:...); those aliases outlive the tag prune_old removes and
+# pin every old image's layers (33 GB of old serve images were found this way). Keep only aliases of tagged images.
+prune_untagged() {
+  [ -S "$CONTAINERD_SOCK" ] || return 0
+  local keep ref
+  keep="$(ctr_ images ls 2>/dev/null | awk 'NR > 1 && $1 !~ /^sha256:/ {print $3}')"
+  for ref in $(ctr_ images ls 2>/dev/null | awk 'NR > 1 && $1 ~ /^sha256:/ {print $1 "=" $3}'); do
+    grep -qxF "${ref#*=}" <<<"$keep" || ctr_ images rm "${ref%%=*}" >/dev/null 2>&1 || true
+  done
+}
+
 main() {
   if [ "${1:-}" = --print ]; then
     printf 'PAUSE_IMAGE=%s\nOPERATOR_IMAGE=%s\nSERVE_IMAGE=%s\n' "$PAUSE_IMAGE" "$OPERATOR_IMAGE" "$SERVE_IMAGE"
@@ -204,6 +215,7 @@ main() {
   prune_old localhost/textgen-local/pause "$PAUSE_IMAGE"
   prune_old localhost/textgen-operator "$OPERATOR_IMAGE"
   prune_old localhost/textgen-serve "$SERVE_IMAGE"
+  prune_untagged
   printf 'PAUSE_IMAGE=%s\nOPERATOR_IMAGE=%s\nSERVE_IMAGE=%s\n' "$PAUSE_IMAGE" "$OPERATOR_IMAGE" "$SERVE_IMAGE" \
     > "$NODE_STATE/images.env"
   local img

@@ -57,7 +57,8 @@ def test_helm_install_and_uninstall(kubeconfig, kubectl, namespace):
         assert dep["spec"]["replicas"] == 1
         assert exists(kubectl, "serviceaccount", fullname, "-n", namespace)
         role = kget(kubectl, "clusterrole", fullname)
-        assert {r["apiGroups"][0] for r in role["rules"]} == {"textgen.dev", "ray.io", "", "apiextensions.k8s.io"}
+        assert {r["apiGroups"][0] for r in role["rules"]} == {"textgen.dev", "ray.io", "", "apiextensions.k8s.io",
+                                                                 "networking.k8s.io"}
         binding = kget(kubectl, "clusterrolebinding", fullname)
         assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": fullname, "namespace": namespace}
 
@@ -68,7 +69,9 @@ def test_helm_install_and_uninstall(kubeconfig, kubectl, namespace):
         assert can_i(kubectl, sa, "list", "namespaces", namespace)
         assert not can_i(kubectl, sa, "delete", "textgenservices.textgen.dev", namespace)
         assert not can_i(kubectl, sa, "create", "pods", namespace)
-        assert not can_i(kubectl, sa, "get", "secrets", namespace)
+        # Secrets: get (KubeRay's per-cluster Ray token, read by name), never list.
+        assert can_i(kubectl, sa, "get", "secrets", namespace)
+        assert not can_i(kubectl, sa, "list", "secrets", namespace)
 
         # The TextGenService from values, with the CRD's defaults filled in by the API server.
         tgs = kget(kubectl, "tgs", "gpt2", "-n", namespace)
@@ -110,14 +113,16 @@ def test_helm_install_limited_to_one_namespace(kubeconfig, kubectl, namespace):
         helm("install", release, str(CHART), "--kubeconfig", kubeconfig, "--namespace", namespace,
              "--set", f"watchNamespace={namespace}", "--set", "textGenServices[0].name=demo", timeout=180)
         role = kget(kubectl, "role", fullname, "-n", namespace)
-        assert {r["apiGroups"][0] for r in role["rules"]} == {"textgen.dev", "ray.io", ""}
+        assert {r["apiGroups"][0] for r in role["rules"]} == {"textgen.dev", "ray.io", "", "networking.k8s.io"}
         assert exists(kubectl, "rolebinding", fullname, "-n", namespace)
         assert not exists(kubectl, "clusterrole", fullname)
         assert exists(kubectl, "clusterrole", f"{fullname}-discovery")
         assert can_i(kubectl, sa, "create", "rayservices.ray.io", namespace)
         assert not can_i(kubectl, sa, "create", "rayservices.ray.io", "default")
         assert can_i(kubectl, sa, "list", "namespaces", namespace)  # kopf's namespace scanning (read-only)
-        assert not can_i(kubectl, sa, "get", "secrets", namespace)
+        # Secrets: get (KubeRay's per-cluster Ray token, read by name), never list.
+        assert can_i(kubectl, sa, "get", "secrets", namespace)
+        assert not can_i(kubectl, sa, "list", "secrets", namespace)
         assert can_i(kubectl, sa, "watch", "customresourcedefinitions.apiextensions.k8s.io", namespace)
         assert exists(kubectl, "tgs", "demo", "-n", namespace)
         args = kget(kubectl, "deployment", fullname, "-n", namespace)["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -125,13 +125,15 @@ class GenerationEngine:
     prefilled in one iteration (at least one request is always admitted); ``mixed_prefill`` prefills new
     requests inside the decode step's pass (True) or in a pass of their own; ``runner`` "gpt2" (ours) or
     "transformers" (the stock model, for A/B); ``warmup`` runs tiny passes at start so the first request does
-    not pay kernel set-up. Other keywords (``attention``, ``initial_cache_tokens``) go to the GPT-2 runner.
+    not pay kernel set-up; ``cache_idle_release_s``: after this long with no request, the KV cache goes back to its
+    starting size. Other keywords (``attention``, ``initial_cache_tokens``) go to the GPT-2 runner.
     """
 
     def __init__(self, model: torch.nn.Module, *, max_batch_size: int = 16, max_context: int = 1024,
                  dtype: str = "float32", max_waiting: int | None = None, num_threads: int | None = None,
                  prefill_token_budget: int = 4096, mixed_prefill: bool = True, runner: str = "gpt2",
-                 warmup: bool = True, name: str = "gpt2-engine", **runner_kw: Any):
+                 warmup: bool = True, name: str = "gpt2-engine", cache_idle_release_s: float = 10.0,
+                 **runner_kw: Any):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.dtype = resolve_dtype(dtype)
@@ -148,6 +150,7 @@ class GenerationEngine:
         self._ids = itertools.count(1)
         self._stopping = False
         self._cache_in_use = False  # the runner may hold KV cache grown by earlier requests (engine thread only)
+        self.cache_idle_release_s = float(cache_idle_release_s)
         self._stats_lock = threading.Lock()
         self._counters: collections.Counter = collections.Counter()
         self._bs_hist: collections.Counter = collections.Counter()  # batch size -> steps
@@ -325,6 +328,7 @@ class GenerationEngine:
 
     def _next_plan(self) -> StepPlan | None:
         """Wait for work; drop cancelled requests and admit waiting ones. None means stop."""
+        idle_since: float | None = None
         with self._cond:
             while True:
                 if self._stopping:
@@ -332,10 +336,18 @@ class GenerationEngine:
                 dropped = self.scheduler.drop_cancelled()
                 if self.scheduler.has_work() or dropped:  # dropped ones are told they ended, below
                     break
-                if self._cache_in_use:  # idle now: a burst's KV cache does not stay allocated
+                if not self._cache_in_use:
+                    self._cond.wait()
+                    continue
+                # Idle: after cache_idle_release_s without work the KV cache a burst grew is given back (not at
+                # every short gap between requests, which would re-grow it, copying, at the next one).
+                idle_since = idle_since if idle_since is not None else time.monotonic()
+                left = idle_since + self.cache_idle_release_s - time.monotonic()
+                if left > 0:
+                    self._cond.wait(timeout=left)
+                else:
                     self.runner.release_cache()
                     self._cache_in_use = False
-                self._cond.wait()
             self._cache_in_use = True
             plan = self.scheduler.schedule()
         self._deliver(dropped)

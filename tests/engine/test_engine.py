@@ -251,7 +251,7 @@ def test_shutdown_ends_streams(tiny_model):
 
 def test_kv_cache_grows_with_use_only(tiny_model, make_engine):
     """A large max_batch_size costs no memory until requests need the slots; growth keeps running requests."""
-    engine = make_engine(tiny_model, max_batch_size=64, initial_cache_tokens=16)
+    engine = make_engine(tiny_model, max_batch_size=64, initial_cache_tokens=16, cache_idle_release_s=0.5)
     assert engine.stats()["kv_cache_slots"] <= 2
 
     async def main():
@@ -266,7 +266,7 @@ def test_kv_cache_grows_with_use_only(tiny_model, make_engine):
         assert out == hf_greedy(tiny_model, p, 30)
     st = engine.stats()
     assert 8 <= st["kv_cache_peak_slots"] <= 16 and st["kv_cache_peak_tokens"] >= 43
-    # Idle again: the burst's cache is given back (the starting 16 tokens x 2 slots), and it grows again on demand.
+    # Idle for 0.5 s: the burst's cache is given back (the starting 16 tokens x 2 slots); it grows again on demand.
     asyncio.run(wait_for(lambda: (engine.stats()["kv_cache_tokens"], engine.stats()["kv_cache_slots"]) == (16, 2)))
     assert asyncio.run(engine.complete(greedy(PROMPTS[0], 30))) == hf_greedy(tiny_model, PROMPTS[0], 30)
 

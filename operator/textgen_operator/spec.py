@@ -262,6 +262,10 @@ class PodCustomisation(_Obj):
     )
 
 
+# Ray versions with token authentication (ray_auth.MIN_RAY_VERSION, 2.52): 2.52-2.99, 2.100+, 3+.
+_RAY_AUTH_VERSIONS = r"^(2[.](5[2-9]|[6-9][0-9]|[1-9][0-9]{2,})|([3-9]|[1-9][0-9]+)[.][0-9]+)[.][0-9]+$"
+
+
 class Cluster(_Obj):
     """Shape of the KubeRay cluster: image, Ray version, node type and how CPUs are shared out."""
 
@@ -288,6 +292,9 @@ class Cluster(_Obj):
         "needs room for two clusters) or None (no new cluster).")
 
     rules = (
+        Rule(f"self.rayVersion.matches('{_RAY_AUTH_VERSIONS}')",
+             "cluster.rayVersion must be 2.52.0 or later: the Ray clusters run with Ray token authentication, which "
+             "KubeRay refuses for older Ray", lambda s: re.match(_RAY_AUTH_VERSIONS, s.ray_version) is not None),
         _fits("head", _ALLOC_CPUS, "cpus"),
         _fits("head", _ALLOC_MEM, "memory"),
         _fits("worker", _ALLOC_CPUS, "cpus"),

@@ -38,6 +38,7 @@ def test_the_boundary_itself_is_valid(case):
         "worker-memory-fit": {"cluster": {"worker": {"memoryGi": 56}}},
         "head-cpus-fit": {"cluster": {"nodeType": "m5.xlarge", "head": {"cpus": 3}}},
         "head-memory-fit": {"cluster": {"nodeType": "m5.xlarge", "head": {"memoryGi": 14}}},
+        "ray-version-auth": {"cluster": {"rayVersion": "2.52.0"}},
         "worker-memory-admission": {"serving": {"maxBatchSize": 18},
                                     "cluster": {"cpusPerReplica": 1, "worker": {"cpus": 2, "memoryGi": 4}}},
     }

@@ -38,6 +38,8 @@ RULE_CASES = {
                       "cluster.head.cpus must fit the node type"),
     "head-memory-fit": ({"cluster": {"nodeType": "m5.xlarge", "head": {"memoryGi": 16}}},
                         "cluster.head.memoryGi must fit the node type"),
+    "ray-version-auth": ({"cluster": {"rayVersion": "2.51.9"}},
+                         "cluster.rayVersion must be 2.52.0 or later"),
     # one replica of GPT-2 124M: 640 + 475 + 72 x 19 x 3/2 MiB + 1024 MiB > 4 GiB (18 fits: the boundary case)
     "worker-memory-admission": ({"serving": {"maxBatchSize": 19},
                                  "cluster": {"cpusPerReplica": 1, "worker": {"cpus": 2, "memoryGi": 4}}},

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 
 from serve_app import contract as SC
 
@@ -29,52 +27,15 @@ from .constants import (
     RAY_VERSION,
 )
 from .core_schemas import VOLUME_SOURCES
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A cross-field rule: `cel` for the API server, `check` (on the pydantic object) for the operator."""
-
-    cel: str
-    message: str
-    check: Callable[[Any], bool]
-
-
-def _cel_map(values: dict[str, int]) -> str:
-    return "{" + ", ".join(f"'{k}': {v}" for k, v in values.items()) + "}"
-
+from .schema_base import Rule
+from .schema_base import SchemaObject as _Obj
+from .schema_base import cel_map as _cel_map
 
 _NODE_NAMES = tuple(NODE_TYPES)
 NodeTypeName = Literal[_NODE_NAMES]  # type: ignore[valid-type]
 _ALLOC_CPUS = {n.name: n.allocatable_cpus for n in NODE_TYPES.values()}
 _ALLOC_MEM = {n.name: n.allocatable_memory_gib for n in NODE_TYPES.values()}
 _ALLOC_TEXT = ", ".join(f"{n.name}: {n.allocatable_cpus} CPUs / {n.allocatable_memory_gib} GiB" for n in NODE_TYPES.values())
-
-
-class _Obj(BaseModel):
-    """Base: camelCase on the wire, unknown keys rejected, rules checked after field validation."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        json_schema_extra=lambda schema, cls: _add_rules(schema, cls),
-    )
-    rules: ClassVar[tuple[Rule, ...]] = ()
-
-    @model_validator(mode="after")
-    def _check_rules(self):
-        failed = [r.message for r in self.rules if not r.check(self)]
-        if failed:
-            raise ValueError("; ".join(failed))
-        return self
-
-
-def _add_rules(schema: dict[str, Any], cls: type) -> None:
-    rules = getattr(cls, "rules", ())
-    if rules:
-        schema["x-kubernetes-validations"] = [{"rule": r.cel, "message": r.message} for r in rules]
 
 
 # --- spec ----------------------------------------------------------------------------------------------------------

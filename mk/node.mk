@@ -32,10 +32,13 @@ node-down: ## Stop the node (pods, processes; undo its network, mounts, cgroups,
 node-status: ## Show the node's processes and pods with their memory.
 	@$(NODE_ENV) $(NODE_SH) status || true
 
+# The end-to-end modules e2e-local runs: all of tests/e2e (day-2 operations and the first steps), in one node up.
+E2E_TESTS ?= tests/e2e
+
 # Brings up the node (and its control plane) unless running and, unless E2E_KEEP=1, takes down what it brought
 # up, on failure too.
 .PHONY: e2e-local
-e2e-local: venv model tools node-deps node-build ## End to end on the local node: helm install, TextGenService -> Ray pods -> HTTP, scale, recovery, delete.
+e2e-local: venv model tools node-deps node-build ## End to end on the local node: helm install, TextGenService -> Ray pods -> HTTP, scale, recovery, delete; and day-2 (e2e-day2).
 	@set -u; t0=$$(date +%s); \
 	was_up=0; $(NODE_ENV) $(NODE_SH) status >/dev/null 2>&1 && was_up=1; \
 	cleanup() { \
@@ -45,5 +48,9 @@ e2e-local: venv model tools node-deps node-build ## End to end on the local node
 	trap cleanup EXIT; \
 	$(NODE_ENV) $(NODE_SH) up; t1=$$(date +%s); \
 	TEXTGEN_E2E_LOCAL=1 TEXTGEN_USE_EXISTING_CLUSTER=1 KUBECONFIG=$(NODE_CLUSTER_DIR)/kubeconfig \
-	  $(PY) -m pytest -s -p no:cacheprovider tests/e2e $(PYTEST_ARGS); t2=$$(date +%s); \
+	  $(PY) -m pytest -s -p no:cacheprovider $(E2E_TESTS) $(PYTEST_ARGS); t2=$$(date +%s); \
 	echo "e2e-local: node up $$((t1 - t0)) s, e2e test $$((t2 - t1)) s"
+
+.PHONY: e2e-day2
+e2e-day2: ## Day-2 operations on the local node alone: READY from Serve, in-place change under load, scale to zero and back, new-cluster change.
+	@$(MAKE) e2e-local E2E_TESTS=tests/e2e/test_day2_e2e.py

@@ -1,13 +1,14 @@
 """`GPT2Runner`: our GPT-2 forward pass over a loaded Hugging Face ``GPT2LMHeadModel``'s weights (the same
 tensors, no copy in float32), on a slot-based `KVCache`.
 
-One pass serves a whole step: decode rows (one token each, attention over their slots' cache) and the new prompts
-packed back to back, no padding (causal attention within each prompt) share every matmul, so the weights are read once per step. Logits
-are computed for decode rows and each prompt's last position only.
+One pass serves a whole step: decode rows (one token each, attention over their slots' cache) and the new prompts,
+packed back to back without padding (causal attention within each prompt), share every matmul, so the weights are
+read once per step. Logits are computed for decode rows and each prompt's last position only.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -128,9 +129,7 @@ class GPT2Runner:
             # real tokens; attention runs per prompt (causal), which is cheap next to them.
             ids = torch.tensor([t for p in step.prompts for t in p], dtype=torch.long)
             ppos = torch.cat([torch.arange(n) for n in lens])
-            starts = [0]
-            for n in lens:
-                starts.append(starts[-1] + n)
+            starts = [0, *itertools.accumulate(lens)]
             xs.append(self.wte[ids] + self.wpe[ppos])
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
         for li, L in enumerate(self.blocks):

@@ -2,7 +2,8 @@
 
 Memory follows use: it starts small and doubles its token capacity (up to ``max_tokens``) and its slot count
 (up to ``max_slots``) when requests need them, keeping what is stored; `release` goes back to the starting size
-when nothing is stored (the engine calls it when no request is running), so one burst does not pin its peak.
+when nothing is stored (the engine calls it after ``cache_idle_release_s`` with no request), so one burst does not
+pin its peak.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def post_job(port: int, token: str | None) -> tuple[int, dict]:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.load(resp)
     except urllib.error.HTTPError as exc:
-        return exc.code, {}
+        return exc.code, {"error": exc.read().decode(errors="replace")[-1000:]}
     except OSError:  # not listening yet
         return 0, {}
 
@@ -82,6 +82,9 @@ def test_local_ray_with_token_auth_refuses_jobs_without_the_token(tmp_path):
         assert code == 401
         assert post_job(port, "not-the-token")[0] == 403
         status, body = post_job(port, token_path.read_text())
+        while status == 500 and time.monotonic() < deadline:  # authorized, but the job agent is not up yet
+            time.sleep(1)
+            status, body = post_job(port, token_path.read_text())
         assert status == 200 and body["submission_id"].startswith("raysubmit_"), body
     finally:
         child.stdin.close()

@@ -313,7 +313,7 @@ def reconcile(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, logge
     except InvalidSpec as exc:
         patch_status(tgs, build_status(tgs, current))
         kopf.warn(body, reason="InvalidSpec", message="; ".join(exc.problems))
-        raise
+        raise kopf.PermanentError(str(exc)) from exc  # no retries until the spec changes
     ensure_networkpolicy(tgs, logger)
     current = ensure_rayservice(tgs, parsed, current, "the TextGenService spec changed", logger)
     patch_status(tgs, build_status(tgs, current, **observe(tgs, current)))

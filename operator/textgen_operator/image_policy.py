@@ -1,7 +1,7 @@
 """The operator's side of the chart's `allowedImages` (the API server's side is the chart's
 ValidatingAdmissionPolicy, templates/image-policy.yaml): the same prefixes reach the operator as
 $TEXTGEN_ALLOWED_IMAGES (JSON), and a TextGenService whose spec.cluster.image starts with none of them is refused
-(Degraded/InvalidSpec, kopf.PermanentError) with the policy's message. It covers clusters without
+(Degraded/InvalidSpec, no retry until the spec changes) with the policy's message. It covers clusters without
 ValidatingAdmissionPolicies (before 1.30) and objects stored before the policy existed.
 """
 

@@ -1,8 +1,8 @@
 """Operator-side validation: the same rules the CRD enforces (spec.py), checked again on what reaches the operator.
 
 A spec can slip past the API server (an older CRD, a cluster without CEL, an object stored before a rule existed);
-the operator then reports it as a Degraded condition and an Event and stops retrying (kopf.PermanentError) until the
-spec changes, instead of crash-looping.
+the operator then reports it as a Degraded condition and an Event and stops retrying until the spec changes, instead
+of crash-looping. No kopf here: handlers.py alone turns InvalidSpec into kopf.PermanentError.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
 from .image_policy import image_problem
@@ -18,7 +17,7 @@ from .pod_customisation import with_pod_defaults
 from .spec import ROOT_RULES, TextGenServiceSpec
 
 
-class InvalidSpec(kopf.PermanentError):
+class InvalidSpec(Exception):
     """The TextGenService spec breaks a rule; `problems` says which, one line each."""
 
     def __init__(self, problems: list[str]):

@@ -72,11 +72,14 @@ def main() -> int:
     ap.add_argument("--context", type=int, default=40, help="tokens already in each row's KV cache")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", "matmul"], help="decode attention")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     batches = [int(b) for b in a.batches.split(",")]
-    runner = GPT2Runner(GPT2LMHeadModel.from_pretrained(a.model_dir).eval(), dtype=a.dtype, max_slots=max(batches))
-    out = {"dtype": a.dtype, "threads": a.threads, "openmp": loaded_runtime(), "context": a.context, "cpu": cpu_info(),
+    runner = GPT2Runner(GPT2LMHeadModel.from_pretrained(a.model_dir).eval(), dtype=a.dtype, max_slots=max(batches),
+                        attention=a.attention)
+    out = {"dtype": a.dtype, "attention": runner.attention, "threads": a.threads, "openmp": loaded_runtime(),
+           "context": a.context, "cpu": cpu_info(),
            "clock": "thread CPU time" if a.threads == 1 else "wall", "points": []}
     with torch.inference_mode():
         runner.warmup(max(batches))

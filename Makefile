@@ -47,7 +47,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@touch $@
 
 .PHONY: test
-test: venv model cluster-build tools ## Set everything up and run the whole test suite, then the end-to-end run on a local node.
+test: venv model cluster-build tools chart-tools ## Set everything up and run the whole test suite, then the end-to-end run on a local node.
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) e2e-local PYTEST_ARGS=
 

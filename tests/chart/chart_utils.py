@@ -1,4 +1,5 @@
-"""Helpers for the chart tests: find helm, render the chart, load the CRD, validate objects offline."""
+"""Helpers for the chart tests: find helm and the chart tools, render the chart, load the CRD, validate objects
+offline."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ CHART = ROOT / "charts" / "textgen-operator"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 CRD_MANIFEST_DIR = ROOT / "manifests" / "crd"
 CHART_CRD_DIR = CHART / "crds"
+CHART_TOOLS = ROOT / "hack" / "chart-tools"
+# helm-unittest is installed here as a Helm plugin (hack/chart-tools/build.sh); helm finds it through HELM_PLUGINS.
+HELM_PLUGINS_DIR = ROOT / ".cache" / "helm-plugins"
 # Kubernetes versions whose OpenAPI schemas rendered objects are validated against (kubernetes-validate): the
 # kind node image's (the oldest we deploy to) and the local control plane's (hack/cluster: 1.36).
 K8S_SCHEMA_VERSIONS = ("1.33.0", "1.36.0")
@@ -50,6 +54,43 @@ def helm(*args: str, check: bool = True, env: dict[str, str] | None = None,
     if check and proc.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@functools.lru_cache(maxsize=None)
+def chart_tools() -> None:
+    """helm-unittest and helm-docs at the versions hack/chart-tools/go.mod pins (`make chart-tools`): built once per
+    machine, then only copied into .cache, so running it per session also picks up a version change."""
+    proc = subprocess.run([str(CHART_TOOLS / "build.sh")], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "BIN": str(BIN), "HELM_PLUGINS_DIR": str(HELM_PLUGINS_DIR)})
+    if proc.returncode != 0:
+        raise RuntimeError(f"hack/chart-tools/build.sh exited {proc.returncode}:\n{proc.stderr}")
+
+
+def helm_unittest(chart: Path, *args: str) -> subprocess.CompletedProcess:
+    """`helm unittest` on a chart (its tests/*_test.yaml suites); the caller checks the exit status."""
+    chart_tools()
+    return helm("unittest", *args, str(chart), check=False,
+                env={"HELM_PLUGINS": str(HELM_PLUGINS_DIR)})
+
+
+def chart_docs(chart: Path) -> str:
+    """The README helm-docs makes for a chart from its README.md.gotmpl and values.yaml (not written)."""
+    chart_tools()
+    proc = subprocess.run([str(CHART_TOOLS / "chart-docs.sh"), str(chart), "--dry-run"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def values_table(readme: str) -> dict[str, str]:
+    """The README's values table (helm-docs' `| Key | Type | Default | Description |`): key -> description."""
+    section = readme.split("\n## Values", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0] not in ("Key", "") and not cells[0].startswith("-"):
+            rows[cells[0]] = cells[-1]
+    return rows
 
 
 def render(*args: str, release: str = "textgen", namespace: str = "textgen-system",

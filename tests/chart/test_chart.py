@@ -1,11 +1,15 @@
-"""Offline chart tests: helm lint, rendering with default and example values, every object validated against the
-Kubernetes OpenAPI schemas (kubernetes-validate) or our CRD, the values schema, RBAC against the chart README's
-table, and the chart's CRD copy."""
+"""Offline chart tests that reach beyond the chart's templates: helm lint, every rendered object validated against
+the Kubernetes OpenAPI schemas (kubernetes-validate) or our CRD, RBAC against the chart README's table, the example
+values against the operator's own code, the values schema against values.yaml, the generated README, the chart's CRD
+copy. What a template renders for given values is tested by helm-unittest (charts/textgen-operator/tests/*_test.yaml,
+the chart world's convention); test_helm_unittest_suites_pass runs those suites here."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import tarfile
 
 import pytest
 import yaml
@@ -18,18 +22,21 @@ from .chart_utils import (
     CRD_MANIFEST_DIR,
     TGS_API_VERSION,
     by_kind,
+    chart_docs,
     documented_rbac,
     find_crd,
     helm,
+    helm_unittest,
     load_docs,
-    render,
     render_objects,
     tgs_schema_errors,
     validate_object,
+    values_table,
 )
 
 VALUES_CASES = [None, *CI_VALUES]
 VALUES_IDS = ["default", *[p.name for p in CI_VALUES]]
+SUITES = sorted((CHART / "tests").glob("*_test.yaml"))
 
 
 def values_args(path) -> list[str]:
@@ -61,30 +68,22 @@ def test_ci_values_exist():
     assert {"gpt2-values.yaml", "namespaced-values.yaml", "kind-values.yaml"} <= names, names
 
 
+# The helm binary users run (helm-unittest renders with its own Helm library and does not lint).
 @pytest.mark.parametrize("values", VALUES_CASES, ids=VALUES_IDS)
 def test_helm_lint(values):
     proc = helm("lint", "--strict", str(CHART), *values_args(values))
     assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout, proc.stdout
 
 
-@pytest.mark.parametrize("values", VALUES_CASES, ids=VALUES_IDS)
-def test_rendered_objects_are_valid(values):
-    objs = render_objects(*values_args(values))
+# kubernetes-validate and the CRD live outside the chart: helm-unittest cannot check objects against them.
+@pytest.mark.parametrize("args", [values_args(v) for v in VALUES_CASES] + [["--set", "textGenServices[0].name=plain"]],
+                         ids=[*VALUES_IDS, "empty-spec"])
+def test_rendered_objects_are_valid(args):
+    objs = render_objects(*args)
     assert objs, "nothing rendered"
     for obj in objs:
         validate_object(obj)
-        labels = obj["metadata"]["labels"]
-        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-                    "app.kubernetes.io/managed-by", "helm.sh/chart"):
-            assert labels.get(key), f"{obj['kind']}/{obj['metadata']['name']} lacks label {key}"
-    deployments = by_kind(objs, "Deployment")
-    assert len(deployments) == 1
-
-
-def test_default_render_kinds():
-    kinds = sorted(o["kind"] for o in render_objects())
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount",
-                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    assert len(by_kind(objs, "Deployment")) == 1
 
 
 def test_invalid_textgenservice_spec_fails_crd_validation():
@@ -106,97 +105,25 @@ def test_invalid_kubernetes_object_fails_validation():
         validate_object(dep)
 
 
-def test_deployment_is_hardened():
-    dep = by_kind(render_objects(), "Deployment")[0]
-    spec = dep["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"]["type"] == "Recreate"
-    pod = spec["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", "textgen_operator"]
-    assert "--all-namespaces" in container["args"]
-    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
-    sc = container["securityContext"]
-    assert sc["runAsNonRoot"] is True and sc["runAsUser"] > 0
-    assert sc["readOnlyRootFilesystem"] is True
-    assert sc["allowPrivilegeEscalation"] is False
-    assert sc["capabilities"]["drop"] == ["ALL"]
-    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
-    assert container["resources"]["requests"] and container["resources"]["limits"]
-    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
-    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
-    assert pod["serviceAccountName"] == "textgen-textgen-operator"
-    assert container["image"] == "textgen-operator:" + yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
-
-
+# The rules against the README's RBAC table (a file helm-unittest does not read); how the roles are bound is in
+# tests/rbac_test.yaml.
 def test_rbac_cluster_wide_is_the_contract():
     objs = render_objects()
     (role,) = by_kind(objs, "ClusterRole")
     assert grants(role) == {**NAMESPACED_RULES, **DISCOVERY_RULES}
-    (binding,) = by_kind(objs, "ClusterRoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                  "name": role["metadata"]["name"]}
-    (sa,) = by_kind(objs, "ServiceAccount")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
-                                    "namespace": "textgen-system"}]
-    assert not by_kind(objs, "Role") and not by_kind(objs, "RoleBinding")
+    assert not by_kind(objs, "Role")
 
 
 def test_rbac_limited_to_one_namespace():
     objs = render_objects("--set", "watchNamespace=apps")
     (role,) = by_kind(objs, "Role")
-    assert role["metadata"]["namespace"] == "apps"
     assert grants(role) == NAMESPACED_RULES
-    (binding,) = by_kind(objs, "RoleBinding")
-    assert binding["metadata"]["namespace"] == "apps"
-    assert binding["roleRef"]["kind"] == "Role" and binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"][0]["namespace"] == "textgen-system"
     # Only read-only discovery (CRDs, namespaces) stays cluster-wide: nothing writable.
     (crole,) = by_kind(objs, "ClusterRole")
     assert grants(crole) == DISCOVERY_RULES
-    (cbinding,) = by_kind(objs, "ClusterRoleBinding")
-    assert cbinding["roleRef"]["name"] == crole["metadata"]["name"]
-    args = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--namespace=apps" in args and "--all-namespaces" not in args
 
 
-def test_rbac_and_service_account_can_be_turned_off():
-    objs = render_objects("--set", "rbac.create=false", "--set", "serviceAccount.create=false",
-                          "--set", "serviceAccount.name=preexisting", "--set-json", "allowedImages=[]")
-    assert sorted(o["kind"] for o in objs) == ["Deployment"]
-    assert objs[0]["spec"]["template"]["spec"]["serviceAccountName"] == "preexisting"
-
-
-def test_textgenservices_from_values_and_helm_test_pod():
-    objs = render_objects("-f", str(CHART / "ci" / "gpt2-values.yaml"), namespace="demo")
-    (tgs,) = by_kind(objs, "TextGenService")
-    assert tgs["apiVersion"] == TGS_API_VERSION
-    assert tgs["metadata"]["name"] == "gpt2" and tgs["metadata"]["namespace"] == "demo"
-    assert tgs["spec"]["replicas"] == 2
-    assert tgs_schema_errors(tgs) == []
-    (pod,) = by_kind(objs, "Pod")
-    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    (container,) = pod["spec"]["containers"]
-    repo, tag = container["image"].rsplit(":", 1)
-    assert repo == "curlimages/curl" and re.fullmatch(r"\d+\.\d+\.\d+", tag), container["image"]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["URL"] == "http://gpt2-serve-svc.demo.svc:8000/generate"
-    assert "generated_text" in container["args"][0]
-
-
-def test_textgenservice_with_empty_spec_takes_crd_defaults():
-    objs = render_objects("--set", "textGenServices[0].name=plain", "--set", "helmTest.enabled=false")
-    (tgs,) = by_kind(objs, "TextGenService")
-    assert tgs["spec"] == {}
-    assert not by_kind(objs, "Pod")
-    assert tgs_schema_errors(tgs) == []
-
-
+# In pytest: the operator's Python code is outside the chart (here and in the next two tests).
 @pytest.mark.parametrize("values", CI_VALUES, ids=[p.name for p in CI_VALUES])
 def test_example_textgenservices_pass_the_operators_own_checks(values):
     """Beyond the CRD schema: the operator's cross-field rules (validation.parse) accept every example spec."""
@@ -225,56 +152,6 @@ def test_kind_textgenservice_fits_kind_nodes():
     assert cpus <= 4, f"the kind e2e cluster asks for {cpus} CPUs"
 
 
-def test_no_test_pod_without_a_textgenservice():
-    assert not by_kind(render_objects(), "Pod")
-
-
-def test_notes_have_copy_paste_next_steps():
-    proc = helm("install", "demo", str(CHART), "--dry-run=client", "--namespace", "apps",
-                "-f", str(CHART / "ci" / "gpt2-values.yaml"))
-    notes = proc.stdout.split("NOTES:", 1)[1]
-    assert "kubectl -n apps get tgs gpt2" in notes
-    assert "kubectl -n apps port-forward svc/gpt2-serve-svc 8000:8000" in notes
-    assert 'curl "http://127.0.0.1:8000/generate?query=Hello%20friend%2C%20how"' in notes
-    assert "helm test demo -n apps" in notes
-    assert "make kuberay-install" in notes
-    bare = helm("install", "demo", str(CHART), "--dry-run=client", "--namespace", "apps").stdout
-    assert "kubectl -n apps get tgs" in bare.split("NOTES:", 1)[1]
-
-
-BAD_VALUES = [
-    (["--set", "image.pullPolicy=Sometimes"],
-     "at '/image/pullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'"),
-    (["--set", "operator.healthPort=80"], "at '/operator/healthPort': minimum: got 80, want 1,024"),
-    (["--set", "operator.logFormat=xml"], "at '/operator/logFormat': value must be one of 'plain', 'full', 'json'"),
-    (["--set", "watchNamespace=Team_A"], "at '/watchNamespace': 'Team_A' does not match pattern"),
-    (["--set", "serviceAccount.create=yes"], "at '/serviceAccount/create': got string, want boolean"),
-    (["--set", "podSecurityContext.runAsNonRoot=false"], "at '/podSecurityContext/runAsNonRoot': value must be true"),
-    (["--set", "securityContext.privileged=true"], "at '/securityContext/privileged': value must be false"),
-    (["--set", "resources.limits.cpu=lots"], "at '/resources/limits/cpu': 'lots' does not match pattern"),
-    (["--set", "replicaCount=2"], "additional properties 'replicaCount' not allowed"),
-    (["--set", "textGenServices[0].spec.replicas=2"], "at '/textGenServices/0': missing property 'name'"),
-    (["--set", "textGenServices[0].name=GPT2"], "at '/textGenServices/0/name': 'GPT2' does not match pattern"),
-    (["--set", "textGenServices[0].name=" + "a" * 48], "at '/textGenServices/0/name': maxLength: got 48, want 47"),
-    (["--set", "textGenServices[0].name=gpt2", "--set", "textGenServices[0].replicas=2"],
-     "at '/textGenServices/0': additional properties 'replicas' not allowed"),
-    (["--set", "textGenServices[0].name=a", "--set", "textGenServices[1].name=a"],
-     'textGenServices: "textgen-system/a" is listed twice'),
-    (["--set", "watchNamespace=apps", "--set", "textGenServices[0].name=a"],
-     'textGenServices: "textgen-system/a" would not be seen by the operator, which watches only namespace "apps"'),
-    (["--set", "image.tag=latest"], "image.tag: `latest` is not allowed; pin a version"),
-    (["--set", "helmTest.image.tag=latest"], "helmTest.image.tag: `latest` is not allowed; pin a version"),
-    (["--set", "serviceAccount.create=false"], "serviceAccount.name is required when serviceAccount.create is false"),
-]
-
-
-@pytest.mark.parametrize("args,message", BAD_VALUES, ids=[" ".join(a[1::2]) for a, _ in BAD_VALUES])
-def test_bad_values_are_rejected_with_a_clear_message(args, message):
-    proc = render(*args, check=False)
-    assert proc.returncode != 0, f"helm accepted {args}:\n{proc.stdout[:500]}"
-    assert message in proc.stderr, proc.stderr
-
-
 def _walk_schema_and_values(schema: dict, values: dict, path: str = "") -> list[str]:
     problems = []
     props = schema.get("properties", {})
@@ -292,6 +169,7 @@ def _walk_schema_and_values(schema: dict, values: dict, path: str = "") -> list[
     return problems
 
 
+# values.schema.json is hand-written (README "The values schema"): this keeps it and values.yaml key for key.
 def test_values_schema_matches_values_yaml():
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
@@ -300,50 +178,7 @@ def test_values_schema_matches_values_yaml():
     assert _walk_schema_and_values(schema, values) == []
 
 
-def test_every_value_is_documented():
-    """Every key in values.yaml has a `# --` comment, on itself or on an enclosing key (helm-docs style)."""
-    keys = []  # (indent, key, documented)
-    pending_doc = False
-    for line in (CHART / "values.yaml").read_text().splitlines():
-        stripped = line.strip()
-        if stripped.startswith("# --"):
-            pending_doc = True
-            continue
-        if stripped.startswith("#"):
-            continue
-        if not stripped:
-            pending_doc = False
-            continue
-        m = re.match(r"^(\s*)([A-Za-z0-9_.-]+):", line)
-        if m:
-            keys.append((len(m.group(1)), m.group(2), pending_doc))
-        pending_doc = False
-    undocumented = []
-    stack: list[tuple[int, str, bool]] = []
-    children: dict[int, list[int]] = {}
-    for i, (indent, key, doc) in enumerate(keys):
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        parent = stack[-1][1] if stack else None
-        children.setdefault(parent, []).append(i)
-        stack.append((indent, i, doc))
-
-    def ok(i: int, ancestor_doc: bool) -> bool:
-        indent, key, doc = keys[i]
-        kids = children.get(i, [])
-        if doc or ancestor_doc:
-            return all(ok(k, True) for k in kids)
-        if not kids:
-            undocumented.append(key)
-            return False
-        return all([ok(k, False) for k in kids])
-
-    for i in children.get(None, []):
-        ok(i, False)
-    assert len(keys) > 40
-    assert undocumented == []
-
-
+# In pytest: manifests/crd is outside the chart.
 def test_chart_crd_equals_manifests_crd():
     chart_crd = find_crd(CHART_CRD_DIR)
     manifest_crd = find_crd(CRD_MANIFEST_DIR)
@@ -355,6 +190,7 @@ def test_chart_crd_equals_manifests_crd():
         assert not by_kind(render_objects(*values_args(values)), "CustomResourceDefinition")
 
 
+# In pytest: Chart.yaml and pyproject.toml are no template output.
 def test_kuberay_is_not_a_hard_dependency():
     """The chart lints, renders and installs offline: KubeRay is installed by `make kuberay-install`."""
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -362,6 +198,7 @@ def test_kuberay_is_not_a_hard_dependency():
     assert chart["kubeVersion"].startswith(">=")
 
 
+# In pytest: kopf's and the operator's command-line parsers are outside the chart.
 @pytest.mark.parametrize("extra,expected", [
     ([], ["--all-namespaces"]),
     (["--set", "watchNamespace=apps", "--set", "operator.verbose=true"], ["--namespace", "apps", "--verbose"]),
@@ -393,3 +230,56 @@ def test_app_version_is_the_projects_version():
     project = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["appVersion"] == project["version"]
+
+
+# The chart tools: helm-unittest suites and the helm-docs README (hack/chart-tools, `make chart-tools`).
+def test_helm_unittest_suites_pass():
+    """`make test` runs the chart's helm-unittest suites through this test: every suite ran and passed."""
+    assert len(SUITES) >= 6, SUITES
+    proc = helm_unittest(CHART)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for suite in SUITES:
+        assert re.search(rf"PASS .*tests/{re.escape(suite.name)}", proc.stdout), (suite.name, proc.stdout)
+    passed, total = map(int, re.search(r"Tests:\s+(\d+) passed, (\d+) total", proc.stdout).groups())
+    assert passed == total >= 30, proc.stdout
+
+
+def test_helm_unittest_fails_when_a_template_breaks(tmp_path):
+    """The suites can fail: a copy of the chart whose Deployment allows two operators at once fails its test."""
+    chart = shutil.copytree(CHART, tmp_path / "textgen-operator")
+    deployment = chart / "templates" / "deployment.yaml"
+    deployment.write_text(deployment.read_text().replace("type: Recreate", "type: RollingUpdate"))
+    proc = helm_unittest(chart)
+    assert proc.returncode != 0, proc.stdout
+    assert re.search(r"FAIL .*tests/deployment_test\.yaml", proc.stdout), proc.stdout
+    assert "- runs one operator at a time" in proc.stdout, proc.stdout
+
+
+def test_packaged_chart_leaves_out_the_test_suites_and_docs_template(tmp_path):
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("textgen-operator-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert "textgen-operator/templates/tests/test-generate.yaml" in names  # the `helm test` pod stays
+    assert "textgen-operator/README.md" in names
+    assert not [n for n in names if n.startswith("textgen-operator/tests/") or n.endswith(".gotmpl")], names
+
+
+def test_readme_is_generated_by_helm_docs():
+    """README.md is README.md.gotmpl plus the values table helm-docs makes from values.yaml: `make chart-docs`."""
+    assert chart_docs(CHART) == (CHART / "README.md").read_text(), "README.md is stale: run `make chart-docs`"
+
+
+def test_every_value_is_documented():
+    """Every row of the generated values table has a description: a `# --` comment on the key or an enclosing key."""
+    rows = values_table((CHART / "README.md").read_text())
+    assert len(rows) > 40 and "helmTest.image.tag" in rows
+    assert [key for key, description in rows.items() if not description] == []
+
+
+def test_an_undocumented_value_shows_in_the_table_without_a_description(tmp_path):
+    chart = shutil.copytree(CHART, tmp_path / "textgen-operator")
+    values = chart / "values.yaml"
+    values.write_text(values.read_text() + "\nundocumentedKey: 1\n")
+    rows = values_table(chart_docs(chart))
+    assert [key for key, description in rows.items() if not description] == ["undocumentedKey"]

@@ -19,6 +19,8 @@ from serve_app.engine.kv_cache import KVCache
 from serve_app.engine.linear import Linear
 from serve_app.engine.model_runner import StepInputs
 
+# The GPT-2 activations we run, as torch's GELU approximation (gelu_fast is gelu_new's tanh form, rounded differently).
+GELU_APPROXIMATION = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 # int8: dynamically quantized linear layers (int8 weights) around float32 everything else.
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.float32}
 
@@ -29,7 +31,7 @@ def check_supported(model: torch.nn.Module) -> None:
         raise TypeError(f"GPT2Runner supports GPT-2 (model_type 'gpt2'), got {getattr(cfg, 'model_type', None)!r}")
     if getattr(cfg, "add_cross_attention", False):
         raise TypeError("cross-attention GPT-2 variants are not supported")
-    if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu"):
+    if cfg.activation_function not in GELU_APPROXIMATION:
         raise TypeError(f"unsupported activation {cfg.activation_function!r}")
     if next(model.parameters()).device.type != "cpu":
         raise TypeError("GPT2Runner runs on CPU; move the model to CPU first")
@@ -76,6 +78,7 @@ class GPT2Runner:
         self.n_embd, self.n_head = cfg.n_embd, cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
         self.eps = cfg.layer_norm_epsilon
+        self.gelu = GELU_APPROXIMATION[cfg.activation_function]
         self.wte = tr.wte.weight.detach().float()  # [V, E]; embedding lookups stay fp32
         self.wpe = tr.wpe.weight.detach().float()
         head = getattr(model, "lm_head", None)
@@ -160,7 +163,7 @@ class GPT2Runner:
             o = outs[0] if len(outs) == 1 else torch.cat(outs)
             x = x + L.proj(o.to(cdt)).float()
             h = F.layer_norm(x, (E,), *L.ln2, self.eps).to(cdt)
-            x = x + L.mlp_proj(L.fc(h, gelu=True)).float()
+            x = x + L.mlp_proj(L.fc(h, gelu=self.gelu)).float()
         if b:
             last = x[nd:][torch.tensor(starts[1:]) - 1]  # each prompt's last position
             x = last if not nd else torch.cat([x[:nd], last])

@@ -12,6 +12,9 @@
 - the status loop (same index, every STATUS_INTERVAL_S): status only, for what changes without a RayService event:
   the model replicas Serve reports RUNNING (readyReplicas, scaled to zero) and a new cluster's unschedulable pods.
 
+Each of these parses the TextGenService spec once (parse_tgs) and passes the result down (tests/operator/
+test_tgs_per_event.py counts it).
+
 Run with `python -m textgen_operator` or `kopf run --standalone -m textgen_operator.handlers`.
 """
 
@@ -37,7 +40,7 @@ from .ownership import conflict_message, is_subset, owned_by
 from .serve_status import dashboard_url, fetch_model_replicas
 from .spec import TextGenServiceSpec
 from .status import build_status, unschedulable_pods
-from .validation import InvalidSpec, parse, validate
+from .validation import InvalidSpec, ParsedSpec, parse
 
 _API: k8s.ApiClient | None = None
 # (connect, read) seconds of every API call we make: a stuck connection fails the call (retried by the repair loop)
@@ -220,34 +223,40 @@ def ensure_rayservice(tgs: Mapping[str, Any], spec: TextGenServiceSpec, current:
     return applied
 
 
-def report_conflict(tgs: Mapping[str, Any], foreign: Mapping[str, Any], logger: logging.Logger) -> None:
+def parse_tgs(tgs: Mapping[str, Any]) -> ParsedSpec:
+    """The one parse of a TextGenService per event: each handler calls this once and passes the result down."""
+    return parse(tgs["metadata"]["name"], tgs.get("spec"))
+
+
+def report_conflict(tgs: Mapping[str, Any], parsed: ParsedSpec, foreign: Mapping[str, Any],
+                    logger: logging.Logger) -> None:
     """Leave a RayService we do not own alone; say so on the TextGenService (one Event per conflict, not per round)."""
     message = conflict_message(tgs, foreign)
     old = {c.get("type"): c for c in (tgs.get("status") or {}).get("conditions") or []}
     if (old.get("Degraded") or {}).get("reason") != "RayServiceConflict":
         logger.warning(message)
         kopf.warn(tgs, reason="RayServiceConflict", message=message)
-    patch_status(tgs, build_status(tgs, None, conflict=message))
+    patch_status(tgs, build_status(tgs, parsed, None, conflict=message))
 
 
-def sync(tgs: Mapping[str, Any], current: Mapping[str, Any] | None, why: str, logger: logging.Logger) -> None:
+def sync(tgs: Mapping[str, Any], parsed: ParsedSpec, current: Mapping[str, Any] | None, why: str,
+         logger: logging.Logger) -> None:
     """Level-based: make the RayService match a valid spec (unless someone else owns it), then mirror status."""
     if current is not None and not owned_by(current, tgs):
-        report_conflict(tgs, current, logger)
+        report_conflict(tgs, parsed, current, logger)
         return
-    parsed, _problems = parse(tgs["metadata"]["name"], tgs.get("spec"))
-    if parsed is not None:  # an invalid spec was reported by reconcile: change nothing, keep mirroring status
+    if parsed.spec is not None:  # an invalid spec was reported by reconcile: change nothing, keep mirroring status
         ensure_networkpolicy(tgs, logger)
-        current = ensure_rayservice(tgs, parsed, current, why, logger)
-        capacity.ensure_worker_nodes(api(), current, parsed, logger, API_TIMEOUT_S)  # KubeRay does not resize it
-    patch_status(tgs, build_status(tgs, current, **observe(tgs, current)))
+        current = ensure_rayservice(tgs, parsed.spec, current, why, logger)
+        capacity.ensure_worker_nodes(api(), current, parsed.spec, logger, API_TIMEOUT_S)  # KubeRay does not resize it
+    patch_status(tgs, build_status(tgs, parsed, current, **observe(tgs, current)))
 
 
 def repair(namespace: str, name: str, logger: logging.Logger) -> None:
     tgs = get_textgenservice(namespace, name)
     if tgs is None or tgs["metadata"].get("deletionTimestamp"):
         return  # gone or going: garbage collection takes the RayService with it
-    sync(tgs, get_rayservice(namespace, name), "it drifted from its TextGenService", logger)
+    sync(tgs, parse_tgs(tgs), get_rayservice(namespace, name), "it drifted from its TextGenService", logger)
 
 
 # --- handlers -------------------------------------------------------------------------------------------------------
@@ -267,7 +276,7 @@ def refresh_status(namespace: str, name: str, logger: logging.Logger) -> None:
     current = get_rayservice(namespace, name)
     if current is not None and not owned_by(current, tgs):
         return  # the repair loop reports the conflict
-    patch_status(tgs, build_status(tgs, current, **observe(tgs, current)))
+    patch_status(tgs, build_status(tgs, parse_tgs(tgs), current, **observe(tgs, current)))
 
 
 async def every(interval_s: float, what: str, step, keys: kopf.Index, logger: logging.Logger) -> None:
@@ -301,22 +310,22 @@ async def stop_repair_loop(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(C.GROUP, C.VERSION, C.PLURAL)
 @kopf.on.create(C.GROUP, C.VERSION, C.PLURAL)
 @kopf.on.update(C.GROUP, C.VERSION, C.PLURAL, field="spec")
-def reconcile(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, logger: logging.Logger,
-              **_: Any) -> None:
+def reconcile(body: kopf.Body, name: str, namespace: str, logger: logging.Logger, **_: Any) -> None:
     tgs = dict(body)
+    parsed = parse_tgs(tgs)
     current = get_rayservice(namespace, name)
     if current is not None and not owned_by(current, tgs):
-        report_conflict(tgs, current, logger)  # the repair loop takes over once the other RayService is gone
+        report_conflict(tgs, parsed, current, logger)  # the repair loop takes over once the other RayService is gone
         return
     try:
-        parsed = validate(name, spec)
+        valid = parsed.require()
     except InvalidSpec as exc:
-        patch_status(tgs, build_status(tgs, current))
+        patch_status(tgs, build_status(tgs, parsed, current))
         kopf.warn(body, reason="InvalidSpec", message="; ".join(exc.problems))
         raise kopf.PermanentError(str(exc)) from exc  # no retries until the spec changes
     ensure_networkpolicy(tgs, logger)
-    current = ensure_rayservice(tgs, parsed, current, "the TextGenService spec changed", logger)
-    patch_status(tgs, build_status(tgs, current, **observe(tgs, current)))
+    current = ensure_rayservice(tgs, valid, current, "the TextGenService spec changed", logger)
+    patch_status(tgs, build_status(tgs, parsed, current, **observe(tgs, current)))
 
 
 def _owner_name(body: Mapping[str, Any]) -> str | None:
@@ -337,4 +346,4 @@ def rayservice_event(event: kopf.RawEvent, body: kopf.Body, namespace: str, logg
     if tgs is None or tgs["metadata"].get("deletionTimestamp"):
         return  # the owner is going away; garbage collection takes the RayService with it
     current = None if event.get("type") == "DELETED" else dict(body)
-    sync(tgs, current, "it drifted from its TextGenService", logger)
+    sync(tgs, parse_tgs(tgs), current, "it drifted from its TextGenService", logger)

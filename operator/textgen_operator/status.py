@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import constants as C
 from .builder import serve_url, worker_selector
 from .serve_status import ModelReplicas
-from .validation import parse
+
+if TYPE_CHECKING:  # the handlers parse the spec once per event; nothing here parses it again
+    from .validation import ParsedSpec
 
 _FAILED_APP = {"DEPLOY_FAILED": "ApplicationDeployFailed", "UNHEALTHY": "ApplicationUnhealthy"}
 _STARTING_APP = {None: "ApplicationPending", "NOT_STARTED": "ApplicationNotStarted",
@@ -64,13 +66,13 @@ def unschedulable_pods(pods: list[Mapping[str, Any]]) -> str | None:
     return "; ".join(sorted(found)) or None
 
 
-def build_status(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None, *, now: str | None = None,
-                 conflict: str | None = None, serve: ModelReplicas | None = None,
+def build_status(tgs: Mapping[str, Any], parsed: ParsedSpec, rayservice: Mapping[str, Any] | None, *,
+                 now: str | None = None, conflict: str | None = None, serve: ModelReplicas | None = None,
                  unschedulable: str | None = None) -> dict[str, Any]:
-    """The `.status` of TextGenService `tgs` given its RayService (None when there is none); `conflict` says why a
-    RayService of the same name that is not ours blocks it (that one is never mirrored). `serve`: the model
-    replicas Serve reports on the active cluster (None: unknown); `unschedulable`: the pending cluster's pods the
-    scheduler cannot place (`unschedulable_pods`).
+    """The `.status` of TextGenService `tgs` (`parsed`: its spec through validation.parse) given its RayService
+    (None when there is none); `conflict` says why a RayService of the same name that is not ours blocks it (that
+    one is never mirrored). `serve`: the model replicas Serve reports on the active cluster (None: unknown);
+    `unschedulable`: the pending cluster's pods the scheduler cannot place (`unschedulable_pods`).
 
     Keys left out (replicas when the spec is invalid) keep their old values under a merge patch.
     """
@@ -84,7 +86,7 @@ def build_status(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None, *
         "url": serve_url(name, namespace),
         "selector": worker_selector(name),
     }
-    parsed, problems = parse(name, tgs.get("spec"))
+    spec, problems = parsed
     ready, progressing, degraded = _mirror(rayservice, generation)
 
     if conflict:
@@ -96,16 +98,16 @@ def build_status(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None, *
         progressing = ("False", "InvalidSpec", "The operator will not apply this spec; fix it to continue.")
         status["observedGeneration"] = generation
     else:
-        status["replicas"] = parsed.replicas
+        status["replicas"] = spec.replicas
         app = _app(rayservice)
         healthy = ready[0] == "True" and app.get("status") == "RUNNING" and \
             _get(app, "serveDeploymentStatuses", C.MODEL_DEPLOYMENT, "status") in (None, "HEALTHY")
-        status["readyReplicas"] = parsed.replicas if healthy else 0
+        status["readyReplicas"] = spec.replicas if healthy else 0
         if serve is not None and not conflict:
             status["readyReplicas"] = serve.running
-            if parsed.autoscaling.enabled:
+            if spec.autoscaling.enabled:
                 status["replicas"] = serve.target  # the autoscaler's decision, not the initial count
-            if parsed.autoscaling.min_replicas == 0 and parsed.autoscaling.enabled and degraded[0] == "False" \
+            if spec.autoscaling.min_replicas == 0 and spec.autoscaling.enabled and degraded[0] == "False" \
                     and app.get("status") == "RUNNING" and serve.running == 0:
                 ready, progressing = _zero(serve, progressing)
         applied = _get(rayservice, "metadata", "annotations", C.ANNOTATION_GENERATION)

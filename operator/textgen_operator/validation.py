@@ -8,7 +8,7 @@ of crash-looping. No kopf here: handlers.py alone turns InvalidSpec into kopf.Pe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -29,7 +29,21 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(["spec", *(str(p) for p in loc)])
 
 
-def parse(name: str, spec: Mapping[str, Any] | None) -> tuple[TextGenServiceSpec | None, list[str]]:
+class ParsedSpec(NamedTuple):
+    """One parse of a TextGenService spec: the typed spec (None when invalid) and the problems (empty when valid).
+    Handlers parse once per event and pass this down; status.py and the builders never parse again."""
+
+    spec: TextGenServiceSpec | None
+    problems: list[str]
+
+    def require(self) -> TextGenServiceSpec:
+        """The typed spec, or InvalidSpec listing every problem."""
+        if self.spec is None:
+            raise InvalidSpec(self.problems)
+        return self.spec
+
+
+def parse(name: str, spec: Mapping[str, Any] | None) -> ParsedSpec:
     """The parsed spec (None when invalid) and human-readable problems (empty when valid)."""
     problems = [r.message for r in ROOT_RULES if not r.check(name)]
     parsed = None
@@ -44,12 +58,9 @@ def parse(name: str, spec: Mapping[str, Any] | None) -> tuple[TextGenServiceSpec
                 problems.append(f"{_loc(err['loc'])}: {msg}")
     if parsed is not None and (problem := image_problem(parsed.cluster.image)):
         problems.append(problem)
-    return (None if problems else parsed), problems
+    return ParsedSpec(None if problems else parsed, problems)
 
 
 def validate(name: str, spec: Mapping[str, Any] | None) -> TextGenServiceSpec:
     """The parsed spec, or InvalidSpec listing every problem."""
-    parsed, problems = parse(name, spec)
-    if parsed is None:
-        raise InvalidSpec(problems)
-    return parsed
+    return parse(name, spec).require()

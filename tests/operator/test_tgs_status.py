@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from textgen_operator import constants as C
-from textgen_operator.status import build_status
+from textgen_operator import status as status_module
+from textgen_operator.validation import parse
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+
+
+def build_status(tgs, rayservice, **kwargs):
+    """status.build_status given the spec parsed from `tgs`, as a handler parses it once per event."""
+    return status_module.build_status(tgs, parse(tgs["metadata"]["name"], tgs.get("spec")), rayservice, **kwargs)
 
 
 def tgs(spec=None, generation=3, conditions=None, name="demo"):

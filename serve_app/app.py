@@ -282,7 +282,7 @@ class TextGenAPI:
             return _error(503, {"status": "unavailable", "reason": type(exc).__name__})
         self._info = self._info or info
         if not info.get("engine_alive"):
-            return _error(503, {"status": "unavailable", "reason": "engine stopped"})
+            return _error(503, {"status": "unavailable", "reason": info.get("engine_problem") or "engine stopped"})
         return {"status": "ok", "model": info["card"]["id"]}
 
     @api.get("/stats")

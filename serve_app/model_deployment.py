@@ -68,7 +68,9 @@ def torch_threads_for(requested: Optional[int], cpu_share: float) -> int:
     return max(1, int(round(cpu_share))) if cpu_share >= 1 else 1
 
 
-# Serve replaces a replica after 3 failed checks in a row: a stuck engine step is gone in about MAX_STEP_S + 30 s.
+# Serve replaces a replica after 3 failed checks in a row: a new replica serves about MAX_STEP_S + 30 s after a step
+# got stuck; requests in flight on the stuck one get 503 when Serve stops it, after its graceful shutdown (20 s) more
+# (tests/serve/test_serve_faults.py measured 34 s and 47 s with MAX_STEP_S lowered to 3 s).
 @serve.deployment(name=contract.MODEL_DEPLOYMENT, ray_actor_options={"num_cpus": 1}, health_check_period_s=10,
                   health_check_timeout_s=30)
 class GPT2Model:
@@ -155,6 +157,7 @@ class GPT2Model:
             "max_tokens_limit": self.args.max_tokens_limit,
             "default_max_tokens": self.args.default_max_tokens,
             "engine_alive": self.engine.healthy(MAX_STEP_S),
+            "engine_problem": self._engine_problem(),
         }
 
     async def stats(self) -> Dict[str, Any]:
@@ -164,11 +167,17 @@ class GPT2Model:
                   dtype=self.engine.dtype, openmp=loaded_runtime())
         return st
 
-    def check_health(self) -> None:
+    def _engine_problem(self) -> Optional[str]:
+        """Why the engine cannot serve (None when it can): stopped, or stuck in one step."""
         if not self.engine.alive:
-            raise RuntimeError("generation engine is not running")
+            return "generation engine is not running"
         if not self.engine.healthy(MAX_STEP_S):
-            raise RuntimeError(f"generation engine stuck: one step running for {self.engine.step_age_s:.0f} s")
+            return f"generation engine stuck: one step running for {self.engine.step_age_s:.0f} s"
+        return None
+
+    def check_health(self) -> None:
+        if problem := self._engine_problem():
+            raise RuntimeError(problem)
 
     async def stop_engine(self) -> Dict[str, Any]:
         """Stop this replica's engine (drain by hand): requests get 503 + Retry-After, check_health fails and Serve

@@ -189,6 +189,7 @@ def test_a_hung_step_fails_the_health_check_and_serve_replaces_the_replica(app):
         assert wait_for(lambda: client.get("/healthz").status_code == 503, timeout=TEST_MAX_STEP_S + 20), "healthy"
         unhealthy = client.get("/healthz")
         assert unhealthy.status_code == 503 and unhealthy.headers.get("retry-after"), unhealthy.text
+        assert "stuck" in unhealthy.json()["reason"], unhealthy.text  # says why, not "stopped"
         healthz_s = time.monotonic() - hung_at
 
         statuses: list = []

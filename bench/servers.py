@@ -5,7 +5,8 @@ Three kinds of server (:func:`baseline_spec`, :func:`peer_spec`, :func:`textgen_
 - ``baseline``: ``uvicorn bench.baseline_app:app`` (FastAPI + transformers pipeline, one process);
 - ``peer``: ``transformers serve --continuous-batching --device cpu <model dir>`` (Hugging Face's own
   OpenAI-compatible server, one process);
-- ``textgen``: our serve app on a private local Ray (``bench/textgen_launcher.py``), N replicas.
+- ``textgen``: our serve app on a private local Ray, started by the project's one launcher
+  (``python -m serve_app.run_local``, what ``make run`` runs) with the benchmark's overrides, N replicas.
 
 :class:`Server` is a context manager: it starts the process in its own session, waits until the
 server answers (and, for Ray, until the application is RUNNING), and on exit stops it with SIGTERM,
@@ -120,9 +121,9 @@ def textgen_spec(
     cpus = float(cpus or os.cpu_count() or 1)
     ready = Path(tempfile.mkstemp(prefix="textgen-ready-", suffix=".json")[1])
     ready.unlink()
-    argv = [sys.executable, "-m", "bench.textgen_launcher", "--port", str(port), "--model-dir", str(model_dir),
-            "--replicas", str(replicas), "--cpus", str(cpus), "--ready-file", str(ready),
-            "--app-args", json.dumps(app_args or {})]
+    argv = [sys.executable, "-m", "serve_app.run_local", "--port", str(port), "--no-dashboard",
+            "--model-dir", str(model_dir), "--replicas", str(replicas), "--cpus", str(cpus),
+            "--app-args", json.dumps(app_args or {}), "--ready-file", str(ready), "--private-temp-dir"]
     if config is not None:
         argv += ["--config", str(config)]
     return ServerSpec(

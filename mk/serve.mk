@@ -8,7 +8,7 @@ model: venv ## Build the stand-in models into .models/ (random-init GPT-2 124M +
 	@$(PY) $(ROOT)/tools/make_model.py --out $(MODELS) --cache $(CACHE)/npm
 
 .PHONY: run
-run: venv model ## Serve the app locally on 127.0.0.1:8000 (local Ray head + Serve config file); Ctrl-C stops everything.
+run: venv model ## Serve the app locally on 127.0.0.1:8000 (local Ray head, Serve config file deployed by `serve run`); Ctrl-C stops everything.
 	@cd $(ROOT) && exec $(PY) -m serve_app.run_local --config $(SERVE_CONFIG)
 
 .PHONY: test-serve

@@ -1,26 +1,39 @@
-"""``make run``: start a local Ray head in this process, deploy a Serve config file, serve until Ctrl-C.
+"""The local launcher (``make run``, and ``make bench`` through bench/servers.py): start a Ray head in this process,
+deploy a Serve config file with Ray's own ``serve run``, serve until SIGINT/SIGTERM.
 
     python -m serve_app.run_local [--config serve_app/config/local.yaml] [--port 8000] [--no-dashboard]
+        [--model-dir DIR] [--replicas N] [--cpus C] [--app-args JSON] [--ready-file PATH] [--private-temp-dir]
 
-The config file has the schema of a RayService ``serveConfigV2`` (what the operator writes on
-Kubernetes), so the local run and the cluster run deploy the same application the same way: the
-config goes to the Serve controller, which imports ``serve_app.app:build_app`` with the ``args``.
+The config file has the schema of a RayService ``serveConfigV2`` (what the operator writes on Kubernetes), so the
+local run and the cluster run deploy the same application the same way: the config goes to the Serve controller,
+which imports ``serve_app.app:build_app`` with the ``args`` and applies each deployment's options. The benchmark's
+options (``--model-dir`` ... ``--private-temp-dir``) pin its weights, replicas and CPU share on top
+(serve_app.launch_config) and write a JSON line to ``--ready-file`` once the application is RUNNING (or failed).
 On SIGINT/SIGTERM it shuts Serve down, then the Ray head it started, and exits 0.
 
+Ray's ``serve run`` deploys the config; the Ray head stays ours because ``serve run config.yaml`` alone starts one
+that cannot be bound to 127.0.0.1 or given a CPU count, exits 0 when the deploy fails, never says when the app
+is RUNNING, and ends without shutting Serve down on SIGTERM (only on Ctrl-C). An in-process head, not
+``ray start --head``: it ends with this process, and ``ray stop`` would stop every Ray on the machine.
+
 Ray token authentication is on by default (``--ray-auth token``): a fresh token is written to
-``.cache/ray/auth_token.<pid>`` (mode 0600, removed on exit; one per run, so two runs never share one) and the Ray head, its workers and this driver read it through
-``RAY_AUTH_TOKEN_PATH``; the dashboard/job API and the GCS refuse callers without it. Binding to loopback alone
-would not do: Ray's GCS, raylet and worker ports listen on every address whatever the node IP. The inherited
-``RAY_AUTH_MODE`` (the Makefile exports ``disabled`` for the tests) is not used here; ``--ray-auth disabled`` is.
+``.cache/ray/auth_token.<pid>`` (mode 0600, removed on exit; one per run, so two runs never share one) and the Ray
+head, its workers and this driver read it through ``RAY_AUTH_TOKEN_PATH``; the dashboard/job API and the GCS refuse
+callers without it. Binding to loopback alone would not do: Ray's GCS, raylet and worker ports listen on every
+address whatever the node IP. The inherited ``RAY_AUTH_MODE`` (the Makefile exports ``disabled`` for the tests) is
+not used here; ``--ray-auth disabled`` is.
 """
 
 import argparse
-import copy
+import json
 import os
 import secrets
+import shutil
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,41 +41,14 @@ from typing import Any, Dict, Optional
 
 import yaml
 
+from serve_app.contract import APP_NAME
+from serve_app.launch_config import DEFAULT_CONFIG, ROOT, apply_overrides, load_serve_config  # noqa: F401 - re-exported
 from serve_app.openmp import apply_replica_env
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = ROOT / "serve_app" / "config" / "local.yaml"
 TOKEN_DIR = ROOT / ".cache" / "ray"
-PATH_ARGS = ("model", "fallback_model_dir")
-
-
-def load_serve_config(path: Path, *, root: Path = ROOT, host: Optional[str] = None, port: Optional[int] = None,
-                      cpus: Optional[int] = None) -> Dict[str, Any]:
-    """Read a Serve config and make it runnable here (pure; unit-tested).
-
-    Relative paths in the apps' ``args`` (``model``, ``fallback_model_dir``) that exist under ``root``
-    become absolute (a Hub id such as ``gpt2`` stays as is); ``host``/``port`` override
-    ``http_options``; ``ray_actor_options.num_cpus`` is capped at ``cpus`` so it schedules here.
-    """
-    cfg = copy.deepcopy(yaml.safe_load(Path(path).read_text()))
-    http = cfg.setdefault("http_options", {})
-    if host is not None:
-        http["host"] = host
-    if port is not None:
-        http["port"] = int(port)
-    for app in cfg.get("applications", []):
-        args = app.get("args") or {}
-        for key in PATH_ARGS:
-            val = args.get(key)
-            if isinstance(val, str) and val and not os.path.isabs(val):
-                candidate = (root / val).resolve()
-                if key == "fallback_model_dir" or candidate.exists():
-                    args[key] = str(candidate)
-        for dep in app.get("deployments", []) or []:
-            opts = dep.get("ray_actor_options") or {}
-            if cpus is not None and "num_cpus" in opts and opts["num_cpus"] > cpus:
-                opts["num_cpus"] = cpus
-    return cfg
+# Requests and token streams pass through the object store only as small messages; Ray's default (30% of RAM)
+# would reserve gigabytes of /dev/shm next to the benchmark's peers.
+OBJECT_STORE_BYTES = 256 * 2**20
 
 
 def free_port() -> int:
@@ -101,6 +87,28 @@ def ray_auth_banner(env: Dict[str, str], dashboard_port: int) -> str:
             "127.0.0.1.")
 
 
+def serve_run_command(config_path: Path, gcs_address: str) -> list:
+    """Ray's maintained `serve run` CLI, submitting the config to the Ray head at `gcs_address` and returning.
+
+    Ray has no public Python call that deploys a config file (ray-project/ray#41359: `serve.run` takes only an
+    Application, so the config's per-deployment options would have to be re-applied by hand); the CLI starts Serve
+    with the config's http_options/proxy_location and hands the whole config to the controller, as KubeRay does.
+    """
+    return [sys.executable, "-m", "ray.serve.scripts", "run", "--non-blocking", "--address", gcs_address,
+            str(config_path)]
+
+
+def application_report(app_status: Any) -> Dict[str, Any]:
+    """What `serve.status()` says about one application, as JSON-able values (for the ready file)."""
+    def plain(value: Any) -> str:
+        return str(getattr(value, "value", value))
+
+    return {"message": app_status.message,
+            "deployments": {name: {"status": plain(d.status),
+                                   "replicas": {plain(k): v for k, v in d.replica_states.items()}}
+                            for name, d in app_status.deployments.items()}}
+
+
 def _port_busy(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -113,7 +121,6 @@ def _say(msg: str) -> None:
 
 def _announce_model(base: str) -> None:
     """Say what is served, loudly when the weights are random-initialised."""
-    import json
     import urllib.request
 
     try:
@@ -130,7 +137,7 @@ def _announce_model(base: str) -> None:
         _say(f"serving model '{card['id']}' from {card.get('source')}")
 
 
-def main(argv: Optional[list] = None) -> int:
+def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="Serve config file (serveConfigV2 schema)")
     p.add_argument("--host", default=os.environ.get("SERVE_HOST"), help="HTTP host (default: from the config)")
@@ -144,10 +151,23 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--ray-auth", choices=("token", "disabled"), default=os.environ.get("TEXTGEN_RAY_AUTH", "token"),
                    help="Ray token authentication (default token, written to .cache/ray/auth_token.<pid>)")
     p.add_argument("--deploy-timeout", type=float, default=900.0, help="seconds to wait for RUNNING")
-    a = p.parse_args(argv)
+    bench = p.add_argument_group("benchmark overrides (bench/servers.py)")
+    bench.add_argument("--cpus", type=float, default=None, help="CPUs of the local Ray (default: all cores)")
+    bench.add_argument("--model-dir", help="serve exactly these weights (args.model, no fallback)")
+    bench.add_argument("--replicas", type=int, help="fixed model replicas sharing --cpus evenly")
+    bench.add_argument("--app-args", type=json.loads, default=None, help="JSON object merged into the app's args")
+    bench.add_argument("--ready-file", type=Path, help="write a JSON line here when RUNNING or failed")
+    bench.add_argument("--private-temp-dir", action="store_true",
+                       help="Ray's session files in a fresh /tmp/rb* directory, removed on exit")
+    return p.parse_args(argv)
 
+
+def main(argv: Optional[list] = None) -> int:
+    a = parse_args(argv)
     t0 = time.monotonic()
-    cfg = load_serve_config(a.config, host=a.host, port=a.port, cpus=os.cpu_count())
+    cpus = a.cpus or os.cpu_count()
+    cfg = load_serve_config(a.config, host=a.host, port=a.port, cpus=cpus)
+    cfg = apply_overrides(cfg, cpus=cpus, model_dir=a.model_dir, replicas=a.replicas, app_args=a.app_args)
     http = cfg["http_options"]
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
     if _port_busy(host, port):
@@ -172,10 +192,12 @@ def main(argv: Optional[list] = None) -> int:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
+    ServeDeploySchema.model_validate(cfg)  # a bad config fails here, before a Ray head is started
     metrics_port = a.metrics_port or free_port()
     dashboard = a.dashboard and not _port_busy("127.0.0.1", a.dashboard_port)
     if a.dashboard and not dashboard:
         _say(f"port {a.dashboard_port} is busy: starting without the Ray dashboard")
+    temp_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp") if a.private_temp_dir else None  # short: socket paths
     ray.init(
         address="local",
         _node_ip_address="127.0.0.1",
@@ -183,7 +205,9 @@ def main(argv: Optional[list] = None) -> int:
         dashboard_host="127.0.0.1",
         dashboard_port=a.dashboard_port,
         _metrics_export_port=metrics_port,
-        num_cpus=os.cpu_count(),
+        _temp_dir=temp_dir,
+        num_cpus=cpus,
+        object_store_memory=OBJECT_STORE_BYTES,
         logging_level="WARNING",
     )
     stop = threading.Event()
@@ -192,23 +216,38 @@ def main(argv: Optional[list] = None) -> int:
         _say(f"got {signal.Signals(signum).name}: shutting down")
         stop.set()
 
+    # After ray.init: Ray's driver installs its own SIGTERM handler, which would end the process without clean-up.
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    names = [app["name"] for app in cfg["applications"]]
+    ours = next((app for app in cfg["applications"] if app["name"] == APP_NAME), cfg["applications"][0])
     rc = 0
+    state = "NOT_STARTED"
+    statuses: Dict[str, Any] = {}
+    config_fd, config_file = tempfile.mkstemp(prefix="serve-config-", suffix=".yaml")
     try:
-        serve.start(proxy_location=cfg.get("proxy_location", "HeadOnly"), http_options=http)
-        schema = ServeDeploySchema.model_validate(cfg) if hasattr(ServeDeploySchema, "model_validate") \
-            else ServeDeploySchema.parse_obj(cfg)
-        client = serve.context._get_global_client()
-        client.deploy_apps(schema)
-        names = [app["name"] for app in cfg["applications"]]
-        _say(f"Ray head up in {time.monotonic() - t0:.1f}s; deploying {', '.join(names)} from {a.config}")
+        with os.fdopen(config_fd, "w") as fh:
+            yaml.safe_dump(cfg, fh, sort_keys=False)
+        _say(f"Ray head up in {time.monotonic() - t0:.1f}s; deploying {', '.join(names)} from {a.config} "
+             "with `serve run`")
         deadline = time.monotonic() + a.deploy_timeout
+        try:
+            cli_rc = subprocess.run(serve_run_command(Path(config_file), ray.get_runtime_context().gcs_address),
+                                    cwd=ROOT, timeout=a.deploy_timeout).returncode
+        except subprocess.TimeoutExpired:
+            cli_rc = "timed out"
+        submitted = serve.status().applications
+        if cli_rc != 0 or not all(n in submitted for n in names):
+            # `serve run` exits 0 after printing a traceback when the submission itself failed.
+            _say(f"ERROR: `serve run` (exit code {cli_rc}) did not submit {', '.join(names)}; its output is above")
+            state, rc = "SUBMIT_FAILED", 1
+            stop.set()
         last = None
         while not stop.is_set():
             statuses = {n: serve.status().applications.get(n) for n in names}
             states = {n: (str(getattr(s.status, "value", s.status)) if s else "NOT_STARTED")
                       for n, s in statuses.items()}
+            state = states.get(ours["name"], "NOT_STARTED")
             if states != last:
                 _say("status: " + ", ".join(f"{n}={s}" for n, s in states.items()))
                 last = states
@@ -225,6 +264,13 @@ def main(argv: Optional[list] = None) -> int:
                 rc = 1
                 stop.set()
             stop.wait(1.0)
+        if a.ready_file is not None and (rc or not stop.is_set()):
+            info = {"status": state, "pid": os.getpid(), "temp_dir": temp_dir, "args": ours.get("args", {}),
+                    "deployment_options": ours.get("deployments", [])}
+            if statuses.get(ours["name"]) is not None:
+                info.update(application_report(statuses[ours["name"]]))
+            a.ready_file.write_text(json.dumps(info) + "\n")
+            _say(f"ready file {a.ready_file}: {json.dumps(info)}")
         if not stop.is_set():
             base = f"http://{host}:{port}"
             _say(f"ready in {time.monotonic() - t0:.1f}s. Try:")
@@ -242,6 +288,9 @@ def main(argv: Optional[list] = None) -> int:
         finally:
             ray.shutdown()
             token_path.unlink(missing_ok=True)
+            Path(config_file).unlink(missing_ok=True)
+            if temp_dir:
+                shutil.rmtree(temp_dir, ignore_errors=True)
         _say("stopped.")
     return rc
 

@@ -167,6 +167,9 @@ def test_oversized_bodies_get_413_without_the_ingress_holding_them(app):
     assert r.status_code == 200, r.text
 
 
+SLOW_UPLOADS = 300
+
+
 def test_slow_uploads_time_out_and_do_not_block_others(app):
     head = ("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             "Content-Length: 1000\r\n\r\n")
@@ -174,12 +177,16 @@ def test_slow_uploads_time_out_and_do_not_block_others(app):
     def trickle(_):  # 10 of 1000 bytes, then nothing: the server must give up on its own
         return raw_upload(app["port"], head, [b'{"prompt":'])
 
-    with cf.ThreadPoolExecutor(24) as pool:
-        slow = [pool.submit(trickle, i) for i in range(24)]
-        time.sleep(2)
+    ingress = ray_process("ServeReplica:textgen:TextGenAPI")
+    before = ingress.memory_info().rss
+    with cf.ThreadPoolExecutor(SLOW_UPLOADS) as pool:  # issue 12: 300 slow uploads at once
+        slow = [pool.submit(trickle, i) for i in range(SLOW_UPLOADS)]
+        time.sleep(5)
         r = post_raw(app, b'{"prompt": "next to slow uploads", "max_tokens": 2}')
         assert r.status_code == 200, r.text
         answers = [f.result(timeout=BODY_READ_TIMEOUT_S + 120) for f in slow]
+    growth = ingress.memory_info().rss - before
+    assert growth < 50 * 2**20, f"ingress RSS grew {growth / 2**20:.0f} MiB"
     statuses = {status_of(a) for a in answers}
     # 408 once the body deadline passes; a 503 + Retry-After is the bounded queue's overload answer on a loaded machine
     assert 408 in statuses and statuses <= {408, 503}, statuses

@@ -3,8 +3,10 @@
     python -m textgen_operator --namespace demo          # one namespace (repeatable)
     python -m textgen_operator --all-namespaces          # cluster-wide (the default when no namespace is given)
     python -m textgen_operator --log-format json -v      # structured logs
+    python -m textgen_operator --metrics-port 0          # no Prometheus endpoint (default: :8081/metrics)
 
-Equivalent to `kopf run --standalone --liveness=... -m textgen_operator.handlers ...`. The kubeconfig comes from
+Equivalent to `kopf run --standalone --liveness=... -m textgen_operator.handlers ...`, plus the operator's
+Prometheus metrics (metrics.py), which only this entry point serves. The kubeconfig comes from
 the in-cluster service account, else $KUBECONFIG, else ~/.kube/config. `$WATCH_NAMESPACE` (comma-separated) is
 read when no --namespace is given.
 """
@@ -15,10 +17,12 @@ import argparse
 import os
 import sys
 
+from .constants import METRICS_PORT
+
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 
 
-def kopf_args(argv: list[str] | None = None) -> list[str]:
+def options(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="textgen-operator", description=__doc__.split("\n\n")[0])
     p.add_argument("-n", "--namespace", action="append", default=[],
                    help="watch this namespace (repeatable, or comma-separated)")
@@ -27,14 +31,26 @@ def kopf_args(argv: list[str] | None = None) -> list[str]:
                    help=f"liveness endpoint (default {DEFAULT_LIVENESS}); 'none' to disable")
     p.add_argument("--log-format", choices=["plain", "full", "json"], default=os.environ.get("TEXTGEN_LOG_FORMAT",
                                                                                             "full"))
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("TEXTGEN_METRICS_PORT", METRICS_PORT)),
+                   help=f"port of the Prometheus endpoint /metrics (default {METRICS_PORT}); 0 disables")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-d", "--debug", action="store_true")
     args = p.parse_args(argv)
-
-    given = args.namespace or [os.environ.get("WATCH_NAMESPACE", "")]
-    namespaces = [n.strip() for value in given for n in value.split(",") if n.strip()]  # "a,b" works too
     if args.all_namespaces and args.namespace:
         p.error("--all-namespaces and --namespace exclude each other")
+    if not 0 <= args.metrics_port <= 65535:
+        p.error(f"--metrics-port {args.metrics_port}: not a port")
+    return args
+
+
+def kopf_args(argv: list[str] | None = None) -> list[str]:
+    return kopf_command(options(argv))
+
+
+def kopf_command(args: argparse.Namespace) -> list[str]:
+    """kopf's `run` command line for our options (the metrics port is ours, not kopf's)."""
+    given = args.namespace or [os.environ.get("WATCH_NAMESPACE", "")]
+    namespaces = [n.strip() for value in given for n in value.split(",") if n.strip()]  # "a,b" works too
     out = ["run", "--standalone", "--log-format", args.log_format]
     if args.liveness.lower() != "none":
         out += ["--liveness", args.liveness]
@@ -54,7 +70,11 @@ def kopf_args(argv: list[str] | None = None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from kopf.cli import main as kopf_main
 
-    return kopf_main(args=kopf_args(argv), prog_name="textgen-operator", standalone_mode=True) or 0
+    from . import metrics
+
+    args = options(argv)
+    metrics.serve(args.metrics_port)  # before kopf: a port in use stops the operator here, with its error
+    return kopf_main(args=kopf_command(args), prog_name="textgen-operator", standalone_mode=True) or 0
 
 
 if __name__ == "__main__":

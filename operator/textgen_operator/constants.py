@@ -44,6 +44,10 @@ SERVE_PORT = SC.SERVE_PORT
 # CPUs reserved on every worker node for one replica of the FastAPI ingress deployment.
 INGRESS_CPUS = 0.5
 
+# The operator's Prometheus metrics (metrics.py; `--metrics-port`, 0 disables). Not 8080: kopf's liveness endpoint
+# (the chart's operator.healthPort) has that one.
+METRICS_PORT = 8081
+
 FIELD_MANAGER = "textgen-operator"
 MANAGED_BY = "textgen-operator"
 # Labels and annotations the operator puts on what it creates.

@@ -13,7 +13,7 @@
   the model replicas Serve reports RUNNING (readyReplicas, scaled to zero) and a new cluster's unschedulable pods.
 
 Each of these parses the TextGenService spec once (parse_tgs) and passes the result down (tests/operator/
-test_tgs_per_event.py counts it).
+test_tgs_per_event.py counts it), and counts what it did in metrics.py (README.md: Metrics).
 
 Run with `python -m textgen_operator` or `kopf run --standalone -m textgen_operator.handlers`.
 """
@@ -33,6 +33,7 @@ from kubernetes.client.exceptions import ApiException
 
 from . import capacity
 from . import constants as C
+from . import metrics as M
 from . import ray_auth as RA
 from .builder import build_rayservice
 from .networkpolicy import build_networkpolicy, settings_from_env
@@ -119,13 +120,13 @@ def get_textgenservice(namespace: str, name: str) -> dict[str, Any] | None:
     return _get_or_none(C.GROUP, C.VERSION, C.PLURAL, namespace, name)
 
 
-def ensure_networkpolicy(tgs: Mapping[str, Any], logger: logging.Logger) -> None:
+def ensure_networkpolicy(tgs: Mapping[str, Any], logger: logging.Logger) -> bool:
     """Apply the NetworkPolicy closing this TextGenService's Ray control plane unless it is in place as built
     (networkpolicy.py; settings from the chart's $TEXTGEN_NETWORK_POLICY). Applied before the RayService, so the
-    Ray pods are never unprotected."""
+    Ray pods are never unprotected. True when it applied."""
     settings = settings_from_env(os.environ)
     if not settings.enabled:
-        return
+        return False
     meta = tgs["metadata"]
     desired = build_networkpolicy(meta["name"], meta["namespace"], settings)
     kopf.adopt(desired, owner=tgs)
@@ -139,11 +140,12 @@ def ensure_networkpolicy(tgs: Mapping[str, Any], logger: logging.Logger) -> None
             raise
         current = None
     if current is not None and is_subset(desired, current):
-        return
+        return False
     net.patch_namespaced_network_policy(
         policy, meta["namespace"], desired, field_manager=C.FIELD_MANAGER, force=True, field_validation="Strict",
         _content_type="application/apply-patch+yaml", _request_timeout=API_TIMEOUT_S)
     logger.info("Applied NetworkPolicy %s: %s", policy, "it was missing" if current is None else "it drifted")
+    return True
 
 
 def apply_rayservice(body: dict[str, Any]) -> dict[str, Any]:
@@ -207,20 +209,21 @@ def desired_rayservice(tgs: Mapping[str, Any], spec: TextGenServiceSpec) -> dict
 
 
 def ensure_rayservice(tgs: Mapping[str, Any], spec: TextGenServiceSpec, current: Mapping[str, Any] | None,
-                      changed: str, logger: logging.Logger) -> Mapping[str, Any]:
-    """Apply the desired RayService unless `current` already has all of it; returns the RayService as it is now.
+                      changed: str, logger: logging.Logger) -> tuple[Mapping[str, Any], bool]:
+    """Apply the desired RayService unless `current` already has all of it; returns the RayService as it is now and
+    whether it applied.
 
     `changed` says, for the log and the Event, why a `current` that differs does: a spec change or a drift.
     """
     desired = desired_rayservice(tgs, spec)
     if current is not None and is_subset(desired, current):
-        return current
+        return current, False
     applied = apply_rayservice(desired)
     message = (f"Applied RayService {desired['metadata']['name']} (generation {tgs['metadata'].get('generation')}): "
                + ("it was missing" if current is None else changed))
     logger.info(message)
     kopf.info(tgs, reason="RayServiceApplied", message=message)
-    return applied
+    return applied, True
 
 
 def parse_tgs(tgs: Mapping[str, Any]) -> ParsedSpec:
@@ -246,8 +249,11 @@ def sync(tgs: Mapping[str, Any], parsed: ParsedSpec, current: Mapping[str, Any] 
         report_conflict(tgs, parsed, current, logger)
         return
     if parsed.spec is not None:  # an invalid spec was reported by reconcile: change nothing, keep mirroring status
-        ensure_networkpolicy(tgs, logger)
-        current = ensure_rayservice(tgs, parsed.spec, current, why, logger)
+        if ensure_networkpolicy(tgs, logger):
+            M.DRIFT_REPAIRS.labels("NetworkPolicy").inc()
+        current, repaired = ensure_rayservice(tgs, parsed.spec, current, why, logger)
+        if repaired:
+            M.DRIFT_REPAIRS.labels("RayService").inc()
         capacity.ensure_worker_nodes(api(), current, parsed.spec, logger, API_TIMEOUT_S)  # KubeRay does not resize it
     patch_status(tgs, build_status(tgs, parsed, current, **observe(tgs, current)))
 
@@ -279,14 +285,18 @@ def refresh_status(namespace: str, name: str, logger: logging.Logger) -> None:
     patch_status(tgs, build_status(tgs, parse_tgs(tgs), current, **observe(tgs, current)))
 
 
-async def every(interval_s: float, what: str, step, keys: kopf.Index, logger: logging.Logger) -> None:
-    """Run `step(namespace, name, logger)` for every TextGenService every `interval_s`, level-based."""
+async def every(interval_s: float, what: str, step, keys: kopf.Index, logger: logging.Logger, *,
+                handler: str) -> None:
+    """Run `step(namespace, name, logger)` for every TextGenService every `interval_s`, level-based; `handler`
+    names the step in the metrics."""
     while True:
         await asyncio.sleep(interval_s)
+        M.MANAGED.set(len(keys))
         for namespace, name in list(keys):
             try:
                 await asyncio.to_thread(step, namespace, name, logger)
             except Exception as exc:  # noqa: BLE001 - retried next round; one bad object must not stop the others
+                M.HANDLER_ERRORS.labels(handler).inc()
                 logger.warning("%s %s/%s failed, retrying in %s s: %s", what, namespace, name, interval_s, exc)
 
 
@@ -294,10 +304,11 @@ async def every(interval_s: float, what: str, step, keys: kopf.Index, logger: lo
 async def start_repair_loop(memo: kopf.Memo, textgenservice_keys: kopf.Index, logger: logging.Logger,
                             **_: Any) -> None:
     memo["repair_task"] = asyncio.create_task(
-        every(REPAIR_INTERVAL_S, "repairing", repair, textgenservice_keys, logger), name="textgen repair loop")
+        every(REPAIR_INTERVAL_S, "repairing", repair, textgenservice_keys, logger, handler="repair"),
+        name="textgen repair loop")
     memo["status_task"] = asyncio.create_task(
-        every(STATUS_INTERVAL_S, "refreshing the status of", refresh_status, textgenservice_keys, logger),
-        name="textgen status loop")
+        every(STATUS_INTERVAL_S, "refreshing the status of", refresh_status, textgenservice_keys, logger,
+              handler="refresh_status"), name="textgen status loop")
 
 
 @kopf.on.cleanup()
@@ -310,22 +321,38 @@ async def stop_repair_loop(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(C.GROUP, C.VERSION, C.PLURAL)
 @kopf.on.create(C.GROUP, C.VERSION, C.PLURAL)
 @kopf.on.update(C.GROUP, C.VERSION, C.PLURAL, field="spec")
-def reconcile(body: kopf.Body, name: str, namespace: str, logger: logging.Logger, **_: Any) -> None:
-    tgs = dict(body)
+def reconcile(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    try:
+        outcome = reconcile_once(dict(body), logger)
+    except kopf.PermanentError:
+        M.RECONCILES.labels("invalid").inc()
+        raise
+    except Exception:
+        M.RECONCILES.labels("error").inc()
+        M.HANDLER_ERRORS.labels("reconcile").inc()
+        raise
+    M.RECONCILES.labels(outcome).inc()
+
+
+def reconcile_once(tgs: dict[str, Any], logger: logging.Logger) -> str:
+    """Make the RayService match the spec; returns the outcome for the metrics (applied, unchanged, conflict) or
+    raises kopf.PermanentError for an invalid spec (after reporting it)."""
+    namespace, name = tgs["metadata"]["namespace"], tgs["metadata"]["name"]
     parsed = parse_tgs(tgs)
     current = get_rayservice(namespace, name)
     if current is not None and not owned_by(current, tgs):
         report_conflict(tgs, parsed, current, logger)  # the repair loop takes over once the other RayService is gone
-        return
+        return "conflict"
     try:
         valid = parsed.require()
     except InvalidSpec as exc:
         patch_status(tgs, build_status(tgs, parsed, current))
-        kopf.warn(body, reason="InvalidSpec", message="; ".join(exc.problems))
+        kopf.warn(tgs, reason="InvalidSpec", message="; ".join(exc.problems))
         raise kopf.PermanentError(str(exc)) from exc  # no retries until the spec changes
-    ensure_networkpolicy(tgs, logger)
-    current = ensure_rayservice(tgs, valid, current, "the TextGenService spec changed", logger)
+    policy_applied = ensure_networkpolicy(tgs, logger)
+    current, applied = ensure_rayservice(tgs, valid, current, "the TextGenService spec changed", logger)
     patch_status(tgs, build_status(tgs, parsed, current, **observe(tgs, current)))
+    return "applied" if applied or policy_applied else "unchanged"
 
 
 def _owner_name(body: Mapping[str, Any]) -> str | None:
@@ -342,8 +369,12 @@ def rayservice_event(event: kopf.RawEvent, body: kopf.Body, namespace: str, logg
     owner = _owner_name(body)
     if owner is None:
         return
-    tgs = get_textgenservice(namespace, owner)
-    if tgs is None or tgs["metadata"].get("deletionTimestamp"):
-        return  # the owner is going away; garbage collection takes the RayService with it
-    current = None if event.get("type") == "DELETED" else dict(body)
-    sync(tgs, parse_tgs(tgs), current, "it drifted from its TextGenService", logger)
+    try:
+        tgs = get_textgenservice(namespace, owner)
+        if tgs is None or tgs["metadata"].get("deletionTimestamp"):
+            return  # the owner is going away; garbage collection takes the RayService with it
+        current = None if event.get("type") == "DELETED" else dict(body)
+        sync(tgs, parse_tgs(tgs), current, "it drifted from its TextGenService", logger)
+    except Exception:
+        M.HANDLER_ERRORS.labels("rayservice_event").inc()  # kopf logs it and drops it; the repair loop retries
+        raise

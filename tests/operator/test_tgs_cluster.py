@@ -267,7 +267,7 @@ def test_python_dash_m_runs_the_operator_with_liveness(api, kubeconfig, namespac
            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "textgen_operator", "--namespace", namespace, "--log-format", "json",
-         "--liveness", f"http://127.0.0.1:{port}/healthz"],
+         "--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", "0"],  # metrics: test_tgs_metrics
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def healthy():

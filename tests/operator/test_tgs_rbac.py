@@ -121,7 +121,8 @@ def test_operator_with_only_the_charts_rbac_creates_rayservices(api, k8s_api, ku
            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")])}
     env.pop("TEXTGEN_NETWORK_POLICY", None)  # the defaults: KubeRay's operator as the control-plane peer
     proc = subprocess.Popen([sys.executable, "-m", "textgen_operator", "--namespace", namespace, "--log-format",
-                             "plain"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "plain", "--metrics-port", "0"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     doc = load_sample("fixed")
     name = doc["metadata"]["name"]
     try:

@@ -2,7 +2,8 @@
 
 Each iteration: drop cancelled requests, admit waiting ones (`Scheduler`), apply the planned KV-cache slot moves,
 run ONE forward pass for every running request plus the new prompts (`ModelRunner`), sample (`sampler`), and hand
-the tokens to the asyncio consumers through per-request ``asyncio.Queue``s fed with ``loop.call_soon_threadsafe``.
+the tokens to the asyncio consumers through per-request ``asyncio.Queue``s, fed by one ``loop.call_soon_threadsafe``
+per event loop per step.
 The lock that ``generate()`` takes on the event loop only guards the scheduler's lists: no tensor work under it.
 """
 
@@ -261,23 +262,37 @@ class GenerationEngine:
             raise ValueError("top_p must be in (0, 1]")
         return prompt
 
-    def _post(self, seq: Sequence, item: Any) -> None:
-        try:
-            seq.loop.call_soon_threadsafe(seq.queue.put_nowait, item)
-        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
-            seq.cancelled = True
+    @staticmethod
+    def _post(outbox: dict, seq: Sequence, item: Any) -> None:
+        outbox.setdefault(seq.loop, []).append((seq, item))
+
+    @staticmethod
+    def _put_all(items: list[tuple[Sequence, Any]]) -> None:
+        for seq, item in items:  # on the consumers' event loop
+            seq.queue.put_nowait(item)
+
+    def _send(self, outbox: dict) -> None:
+        """One wake-up per event loop per step, not one per token: each call_soon_threadsafe writes the loop's
+        self-pipe, and the woken loop competes for the cores with the step's compute threads."""
+        for loop, items in outbox.items():
+            try:
+                loop.call_soon_threadsafe(self._put_all, items)
+            except RuntimeError:  # the consumers' loop is closed: nobody is listening any more
+                for seq, _ in items:
+                    seq.cancelled = True
 
     def _deliver(self, events: list[Event]) -> None:
         """Stream tokens and end finished requests (outside the lock)."""
         now = time.monotonic()
         emitted = 0
+        outbox: dict = {}
         for ev in events:
             s = ev.seq
             if ev.token is not None:
                 if s.first_token_time is None:
                     s.first_token_time = now
                 emitted += 1
-                self._post(s, ev.token)
+                self._post(outbox, s, ev.token)
                 continue
             if s.done:
                 continue
@@ -288,7 +303,8 @@ class GenerationEngine:
             s.finish_reason, s.done = ev.finish, True
             self._bump({"cancelled": "requests_cancelled", "error": "requests_failed"}.get(ev.finish,
                                                                                           "requests_finished"))
-            self._post(s, ev.error if ev.error is not None else _END)
+            self._post(outbox, s, ev.error if ev.error is not None else _END)
+        self._send(outbox)
         if emitted:
             self._bump("generated_tokens_total", emitted)
 

@@ -21,6 +21,7 @@ Run with `python -m textgen_operator` or `kopf run --standalone -m textgen_opera
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -151,10 +152,13 @@ def ensure_networkpolicy(tgs: Mapping[str, Any], logger: logging.Logger) -> bool
 def apply_rayservice(body: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply: we own exactly the fields we send; force takes them back from whoever edited them."""
     meta = body["metadata"]
-    return api().patch_namespaced_custom_object(
+    response = api().patch_namespaced_custom_object(
         C.RAY_GROUP, C.RAY_VERSION_API, meta["namespace"], C.RAYSERVICE_PLURAL, meta["name"], body,
         field_manager=C.FIELD_MANAGER, force=True, field_validation="Strict",
-        _content_type="application/apply-patch+yaml", _request_timeout=API_TIMEOUT_S)
+        _content_type="application/apply-patch+yaml", _request_timeout=API_TIMEOUT_S, _preload_content=False)
+    # Read the body ourselves: the client deserialises only a 200 and returns None for an apply that created the
+    # object (201), which left the re-created RayService out of status and capacity (a TypeError in sync).
+    return json.loads(response.data)
 
 
 def ray_auth_token(namespace: str, ray_cluster: str) -> str | None:

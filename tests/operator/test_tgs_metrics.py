@@ -107,6 +107,8 @@ def test_reconciles_and_drift_repairs_are_counted(api, kubeconfig, namespace, cr
                          "drift_repairs_total{kind=RayService} to count the re-create")
         assert reconciles(after, "applied") == 1  # the re-create was a repair, not a reconcile
         assert reconciles(after, "error") == 0 and reconciles(after, "invalid") == 0
+        errors = {h: after[("textgen_operator_handler_errors_total", (("handler", h),))] for h in metrics.HANDLERS}
+        assert errors == dict.fromkeys(metrics.HANDLERS, 0), log.read_text()[-3000:]
     finally:
         stop_process(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]

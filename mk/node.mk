@@ -53,4 +53,4 @@ e2e-local: venv model tools node-deps node-build ## End to end on the local node
 
 .PHONY: e2e-day2
 e2e-day2: ## Day-2 operations on the local node alone: READY from Serve, in-place change under load, scale to zero and back, new-cluster change.
-	@$(MAKE) e2e-local E2E_TESTS=tests/e2e/test_day2_e2e.py
+	@$(MAKE) e2e-local E2E_TESTS=tests/e2e/test_day2.py

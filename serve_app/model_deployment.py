@@ -70,7 +70,7 @@ def torch_threads_for(requested: Optional[int], cpu_share: float) -> int:
 
 # Serve replaces a replica after 3 failed checks in a row: a new replica serves about MAX_STEP_S + 30 s after a step
 # got stuck; requests in flight on the stuck one get 503 when Serve stops it, after its graceful shutdown (20 s) more
-# (tests/serve/test_serve_faults.py measured 34 s and 47 s with MAX_STEP_S lowered to 3 s).
+# (tests/serve/test_faults.py measured 34 s and 47 s with MAX_STEP_S lowered to 3 s).
 @serve.deployment(name=contract.MODEL_DEPLOYMENT, ray_actor_options={"num_cpus": 1}, health_check_period_s=10,
                   health_check_timeout_s=30)
 class GPT2Model:

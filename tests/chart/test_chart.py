@@ -14,7 +14,7 @@ import tarfile
 import pytest
 import yaml
 
-from .chart_utils import (
+from tests.chart.chart_utils import (
     CHART,
     CHART_CRD_DIR,
     CI_VALUES,
@@ -46,7 +46,7 @@ def values_args(path) -> list[str]:
 # The operator's RBAC as the chart README documents it (its "RBAC" table). Nothing more may be granted.
 NAMESPACED_RULES = {k: v for k, v in documented_rbac().items() if k not in CLUSTER_SCOPED_RESOURCES}
 # Read-only and cluster-scoped in both modes: kopf's discovery of CRDs and its namespace scanning (kopf lists
-# namespaces even when given exact names; tests/chart/test_chart_cluster.py runs it with only these grants).
+# namespaces even when given exact names; tests/chart/test_cluster.py runs it with only these grants).
 DISCOVERY_RULES = {k: v for k, v in documented_rbac().items() if k in CLUSTER_SCOPED_RESOURCES}
 assert DISCOVERY_RULES == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
                            ("", "namespaces"): {"list", "watch"}}

@@ -9,9 +9,8 @@ import uuid
 import pytest
 import yaml
 
-from tests.k8s_fixtures import wait_for
-
-from .chart_utils import ROOT, by_kind, render, render_objects
+from tests.chart.chart_utils import ROOT, by_kind, render, render_objects
+from tests.support import wait_for
 
 POLICY = "templates/image-policy.yaml"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .chart_utils import ROOT, crd
+from tests.chart.chart_utils import ROOT, crd
 
 IMAGES = ROOT / "images"
 DOCKERFILES = {"operator": IMAGES / "operator" / "Dockerfile", "serve": IMAGES / "serve" / "Dockerfile"}

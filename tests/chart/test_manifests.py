@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from .chart_utils import CHART, ROOT, by_kind, load_docs, render_objects, validate_object
+from tests.chart.chart_utils import CHART, ROOT, by_kind, load_docs, render_objects, validate_object
 
 PLAIN_FILES = {
     "rbac": ["role.yaml", "service-account.yaml"],

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.k8s_fixtures import use_existing_cluster, wait_for
+from tests.k8s_fixtures import use_existing_cluster
+from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
 

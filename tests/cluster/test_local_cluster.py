@@ -17,7 +17,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.k8s_fixtures import KUBERAY_SAMPLES, ROOT, use_existing_cluster, wait_for
+from tests.k8s_fixtures import KUBERAY_SAMPLES, use_existing_cluster
+from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.cluster
 

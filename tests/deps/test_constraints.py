@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import re
-import sys
 import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
 
+from tests.support import import_script
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "hack" / "deps"))
-import constraints as lock  # noqa: E402  (hack/deps/constraints.py)
+lock = import_script("hack/deps/constraints.py")
 
 CONSTRAINTS = ROOT / "constraints.txt"
 

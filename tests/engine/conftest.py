@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from engine_testlib import make_model
 
 from serve_app.engine import GenerationEngine
+from tests.engine.engine_testlib import make_model
 
 
 @pytest.fixture(scope="module")

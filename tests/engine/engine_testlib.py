@@ -45,10 +45,3 @@ def greedy_all(engine, prompts, n) -> list[list[int]]:
         return await asyncio.gather(*[engine.complete(greedy(p, n, ignore_eos=True)) for p in prompts])
 
     return asyncio.run(main())
-
-
-async def wait_for(pred, timeout=20.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)

@@ -7,7 +7,6 @@ import random
 
 import pytest
 import torch
-from engine_testlib import greedy, greedy_all, hf_greedy, make_model, wait_for
 
 from serve_app.engine import (
     EngineOverloaded,
@@ -17,6 +16,8 @@ from serve_app.engine import (
     native_bf16,
     resolve_dtype,
 )
+from tests.engine.engine_testlib import greedy, greedy_all, hf_greedy, make_model
+from tests.support import wait_for_async
 
 PROMPTS = [[1, 2, 3], [7, 8, 9, 10, 11, 12], [500], [42, 17, 256, 3, 3, 911, 64, 5, 80, 13, 2, 700, 1]]
 
@@ -165,7 +166,7 @@ def test_cancellation_frees_the_slot(tiny_model, make_engine):
             await task
         # the only slot is free again: a new request runs to the end
         out = await asyncio.wait_for(engine.complete(greedy(PROMPTS[2], 5)), timeout=30)
-        await wait_for(lambda: engine.stats()["running"] == 0)
+        await wait_for_async(lambda: engine.stats()["running"] == 0)
         return got, out
 
     got, out = asyncio.run(main())
@@ -181,7 +182,7 @@ def test_overload_raises(tiny_model, make_engine):
 
     async def main():
         long = engine.generate(GenerationRequest(PROMPTS[0], 450, temperature=0, ignore_eos=True))
-        await wait_for(lambda: engine.stats()["running"] == 1)
+        await wait_for_async(lambda: engine.stats()["running"] == 1)
         queued = engine.generate(greedy(PROMPTS[1], 3))  # fills the waiting queue
         with pytest.raises(EngineOverloaded):
             engine.generate(greedy(PROMPTS[2], 3))
@@ -267,7 +268,7 @@ def test_kv_cache_grows_with_use_only(tiny_model, make_engine):
     st = engine.stats()
     assert 8 <= st["kv_cache_peak_slots"] <= 16 and st["kv_cache_peak_tokens"] >= 43
     # Idle for 0.5 s: the burst's cache is given back (the starting 16 tokens x 2 slots); it grows again on demand.
-    asyncio.run(wait_for(lambda: (engine.stats()["kv_cache_tokens"], engine.stats()["kv_cache_slots"]) == (16, 2)))
+    asyncio.run(wait_for_async(lambda: (engine.stats()["kv_cache_tokens"], engine.stats()["kv_cache_slots"]) == (16, 2)))
     assert asyncio.run(engine.complete(greedy(PROMPTS[0], 30))) == hf_greedy(tiny_model, PROMPTS[0], 30)
 
 

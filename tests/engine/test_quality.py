@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from engine_testlib import greedy_all, hf_greedy, make_model
 
 from serve_app.engine.gpt2_runner import GPT2Runner
 from serve_app.engine.model_runner import StepInputs
+from tests.engine.engine_testlib import greedy_all, hf_greedy, make_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

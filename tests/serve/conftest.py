@@ -1,17 +1,11 @@
-"""Fixtures of the serving tests: the stand-in models and one real local Ray + Serve per module."""
+"""Fixtures of the serving tests: one real local Ray + Serve per module (the stand-in models: tests/conftest.py)."""
 
 import os
-import time
-from pathlib import Path
 
 import pytest
 
 from serve_app.run_local import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / ".models"
-TINY = MODELS / "gpt2-tiny-random-init"
-
+from tests.support import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +46,3 @@ def ray_serve(tiny_model_dir):
             serve.shutdown()
         finally:
             ray.shutdown()
-
-
-def wait_for(fn, timeout: float = 60.0, interval: float = 0.5):
-    """Poll ``fn`` until it returns a truthy value; return it (or the last value after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    value = fn()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = fn()
-    return value

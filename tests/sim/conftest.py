@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 
 from serve_app.run_local import free_port
-from tests.k8s_fixtures import BIN, ROOT, stop_process, wait_for
-
-from .sim_nodes import KWOK_ANNOTATION, KWOK_TAINT, SIM_LABEL, SimNode
+from tests.k8s_fixtures import BIN
+from tests.sim.sim_nodes import KWOK_ANNOTATION, KWOK_TAINT, NODE, SIM_LABEL, SIM_NODES
+from tests.support import ROOT, stop_process, wait_for
 
 # The operator tests' fixtures (tests/operator has no __init__.py: its helper module is imported by name).
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
@@ -39,11 +39,6 @@ from tests.operator.conftest import api, crd_installed, run_operator  # noqa: E4
 
 SCHEDULER_NAME = "textgen-sim"
 POLICY = "textgen-sim-fake-nodes"
-# The seed: 8 m5.4xlarge workers, and one more m5.4xlarge for the head (its nodeSelector asks for the same type; a
-# 15-CPU worker and the 4-CPU head never share a 16-vCPU node).
-WORKER_NODES = 8
-SIM_NODES = WORKER_NODES + 1
-NODE = SimNode.of("m5.4xlarge")
 SIM_LOCK = ROOT / ".cache" / "sim.lock"
 
 

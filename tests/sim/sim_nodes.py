@@ -81,3 +81,10 @@ class SimNode:
                                 "pods": str(self.max_pods)},
             },
         }
+
+
+# The seed: 8 m5.4xlarge workers, and one more m5.4xlarge for the head (its nodeSelector asks for the same type; a
+# 15-CPU worker and the 4-CPU head never share a 16-vCPU node).
+WORKER_NODES = 8
+SIM_NODES = WORKER_NODES + 1
+NODE = SimNode.of("m5.4xlarge")

@@ -10,8 +10,7 @@ from textgen_operator import capacity
 from textgen_operator.validation import validate
 
 from bench import capacity as table
-
-from .conftest import WORKER_NODES
+from tests.sim.sim_nodes import WORKER_NODES
 
 
 def test_readme_capacity_table_is_generated_from_committed_json():

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from engine_testlib import greedy, make_model, wait_for
+from tests.engine.engine_testlib import greedy, make_model
+from tests.support import wait_for_async
 
 
 def test_a_stuck_step_makes_the_engine_unhealthy_until_it_ends(tiny_model, make_engine):
@@ -25,8 +26,8 @@ def test_a_stuck_step_makes_the_engine_unhealthy_until_it_ends(tiny_model, make_
 
     async def main():
         stream = engine.generate(greedy([1, 2, 3], 3))
-        await wait_for(entered.is_set)
-        await wait_for(lambda: engine.step_age_s > 0.3)
+        await wait_for_async(entered.is_set)
+        await wait_for_async(lambda: engine.step_age_s > 0.3)
         stuck = (engine.alive, engine.healthy(max_step_s=0.2), engine.healthy(max_step_s=600))
         hook.remove()
         release.set()

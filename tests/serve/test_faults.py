@@ -19,8 +19,7 @@ from serve_app import contract
 from serve_app.app import RETRY_AFTER_S
 from serve_app.config import AppArgs
 from tests.serve.fault_injection import TEST_MAX_STEP_S, build_faulty_app
-
-from .conftest import wait_for
+from tests.support import poll_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -103,11 +102,11 @@ def test_a_failed_step_mid_generation_is_a_503_and_the_replica_serves_on(app):
             if seen and is_delta(seen[-1]):
                 break
         assert seen and is_delta(seen[-1]), seen
-        assert wait_for(lambda: call(app, "fault_state")["holding"], timeout=30, interval=0.2)
+        assert poll_until(lambda: call(app, "fault_state")["holding"], timeout=30, interval=0.2)
         # A non-streaming request joins while the pass is held. Released, the held pass ends (token 5), one more
         # runs (the stream's token 6 and the new prompt's first), and the next one, decoding both, fails.
         plain = pool.submit(client.post, "/v1/completions", json=completion())
-        assert wait_for(lambda: call(app, "stats")["waiting"] == 1, timeout=30, interval=0.2), call(app, "stats")
+        assert poll_until(lambda: call(app, "stats")["waiting"] == 1, timeout=30, interval=0.2), call(app, "stats")
         call(app, "fail_steps", 1, after=1)
         call(app, "release_step")
         seen += sse_payloads(lines)
@@ -182,11 +181,11 @@ def test_a_hung_step_fails_the_health_check_and_serve_replaces_the_replica(app):
     with cf.ThreadPoolExecutor(2) as pool:
         streamed = pool.submit(streamed_outcome, client)
         plain = pool.submit(plain_outcome, client)
-        assert wait_for(lambda: call(app, "fault_state")["holding"], timeout=30, interval=0.2)
+        assert poll_until(lambda: call(app, "fault_state")["holding"], timeout=30, interval=0.2)
         hung_at = time.monotonic()
 
         # The product's health signal: unhealthy once the step is older than MAX_STEP_S (lowered in this replica).
-        assert wait_for(lambda: client.get("/healthz").status_code == 503, timeout=TEST_MAX_STEP_S + 20), "healthy"
+        assert poll_until(lambda: client.get("/healthz").status_code == 503, timeout=TEST_MAX_STEP_S + 20), "healthy"
         unhealthy = client.get("/healthz")
         assert unhealthy.status_code == 503 and unhealthy.headers.get("retry-after"), unhealthy.text
         assert "stuck" in unhealthy.json()["reason"], unhealthy.text  # says why, not "stopped"
@@ -199,7 +198,7 @@ def test_a_hung_step_fails_the_health_check_and_serve_replaces_the_replica(app):
             serve_views.add(model_status())
             return new_replica_serves(app, old_pid, statuses)
 
-        replaced = wait_for(replaced_yet, timeout=REPLACED_WITHIN_S, interval=1.0)
+        replaced = poll_until(replaced_yet, timeout=REPLACED_WITHIN_S, interval=1.0)
         replaced_s = time.monotonic() - hung_at
         assert replaced, f"no 200 from a new replica within {REPLACED_WITHIN_S} s: {statuses}"
 
@@ -217,7 +216,7 @@ def test_a_hung_step_fails_the_health_check_and_serve_replaces_the_replica(app):
     # Serve's own health check saw it: the deployment was UNHEALTHY (the product's check_health failing).
     unhealthy_views = [m for st, m in serve_views if st == "UNHEALTHY"]
     assert any("health check" in m for m in unhealthy_views), serve_views
-    assert wait_for(lambda: model_status()[0] == "HEALTHY", timeout=60), model_status()
+    assert poll_until(lambda: model_status()[0] == "HEALTHY", timeout=60), model_status()
     healthy_s = time.monotonic() - hung_at
     print(f"\nhung step: /healthz 503 after {healthz_s:.1f} s; in-flight stream ended with {stream_error} after "
           f"{stream_s:.1f} s, non-streaming got {plain_resp.status_code} after {plain_s:.1f} s; first 200 from a "

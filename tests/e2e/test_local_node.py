@@ -35,7 +35,7 @@ from tests.e2e.node_e2e import (
     serve_base_url,
     serve_replicas,
 )
-from tests.k8s_fixtures import wait_for
+from tests.support import wait_for
 
 TGS = "gpt2"
 

@@ -22,8 +22,7 @@ from serve_app.app import build_app
 from serve_app.config import AppArgs
 from serve_app.http_body import BODY_READ_TIMEOUT_S
 from serve_app.textproc import MAX_BODY_BYTES
-
-from .conftest import wait_for
+from tests.support import poll_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -218,5 +217,5 @@ def test_stopped_engine_answers_503_retry_after_then_serve_replaces_the_replica(
 
     stopped_at = time.monotonic()
     # Issue 12: recovery within 60 s (Serve: 3 failed health checks 10 s apart, then a new replica loads).
-    assert wait_for(lambda: served_by_a_new_replica(app, pid), timeout=60, interval=1.0), "not replaced in 60 s"
+    assert poll_until(lambda: served_by_a_new_replica(app, pid), timeout=60, interval=1.0), "not replaced in 60 s"
     print(f"\nstopped engine: a new replica served {time.monotonic() - stopped_at:.1f} s after the stop")

@@ -1,14 +1,11 @@
 """tools/make_model.py outputs and the honest model naming of serve_app.loading."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from serve_app.loading import describe, hub_reachable, load_model
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import import_script
 
 
 def test_tiny_model_has_the_real_gpt2_tokenizer(tiny_model_dir):
@@ -32,11 +29,7 @@ def test_tiny_model_config_and_marker(tiny_model_dir):
 
 
 def test_make_model_is_idempotent(tiny_model_dir):
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import make_model
-    finally:
-        sys.path.pop(0)
+    make_model = import_script("tools/make_model.py")
     before = (tiny_model_dir / "model.safetensors").stat().st_mtime_ns
     assert make_model.main(["--out", str(tiny_model_dir.parent), "--only", "gpt2-tiny-random-init"]) == 0
     assert (tiny_model_dir / "model.safetensors").stat().st_mtime_ns == before

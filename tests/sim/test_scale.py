@@ -16,12 +16,10 @@ from textgen_operator import handlers, memory
 from textgen_operator.builder import worker_bounds
 from textgen_operator.constants import INGRESS_CPUS, NODE_TYPES
 from textgen_operator.validation import validate
-from tgs_common import load_sample  # tests/operator, on sys.path through conftest.py
 
-from tests.k8s_fixtures import wait_for
-
-from .conftest import NODE, SIM_NODES, WORKER_NODES
-from .sim_nodes import SimNode, reserved_millicpu
+from tests.operator.tgs_common import load_sample
+from tests.sim.sim_nodes import NODE, SIM_NODES, WORKER_NODES, SimNode, reserved_millicpu
+from tests.support import wait_for
 
 
 def report(capsys, line: str) -> None:

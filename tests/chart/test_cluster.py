@@ -10,9 +10,8 @@ import pytest
 import yaml
 
 from serve_app.run_local import free_port
-from tests.k8s_fixtures import stop_process, wait_for
-
-from .chart_utils import CHART, ROOT, helm
+from tests.chart.chart_utils import CHART, ROOT, helm
+from tests.support import stop_process, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -239,7 +238,7 @@ def test_operator_works_with_only_the_charts_rbac(kubeconfig, kubectl, namespace
 def test_example_textgenservices_pass_the_api_servers_validation(kubectl, namespace):
     """Every TextGenService in ci/*.yaml through the real API server (schema, defaults and CEL rules), as a
     server-side dry run in a scratch namespace."""
-    from .chart_utils import CI_VALUES, by_kind, render_objects
+    from tests.chart.chart_utils import CI_VALUES, by_kind, render_objects
 
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests" / "crd"))
     kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")

@@ -13,8 +13,7 @@ import pytest
 
 from serve_app.app import GPT2Model, TextGenAPI, build_app
 from serve_app.config import AppArgs
-
-from .conftest import wait_for
+from tests.support import poll_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -267,7 +266,7 @@ def test_client_disconnect_cancels_generation(app):
                       json={"prompt": "cancel me", "max_tokens": LIMIT, "stream": True}) as r:
             assert r.status_code == 200
             next(r.iter_bytes())  # first chunk, then hang up
-    cancelled = wait_for(lambda: app["client"].get("/stats").json()["requests_cancelled"] > before, 30)
+    cancelled = poll_until(lambda: app["client"].get("/stats").json()["requests_cancelled"] > before, 30)
     assert cancelled, "the engine never saw the cancellation"
 
 
@@ -283,7 +282,7 @@ def test_prometheus_metrics_exported(app):
                  "ray_serve_num_http_requests_total"}
         return text if all(f"\n{n}{{" in text for n in names) else None
 
-    text = wait_for(scrape, timeout=60, interval=2)
+    text = poll_until(scrape, timeout=60, interval=2)
     assert text, "custom textgen metrics never showed up on the metrics export port"
     tokens = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line.startswith("ray_textgen_generated_tokens_total{") and 'model="gpt2-tiny-random-init"' in line]
@@ -334,7 +333,7 @@ def test_healthz_is_503_until_the_model_is_up(app):
             r = app["client"].get("/pending/healthz", timeout=30)
             return r if r.status_code != 404 else None
 
-        r = wait_for(ingress_up, timeout=120, interval=1)
+        r = poll_until(ingress_up, timeout=120, interval=1)
         assert r is not None and r.status_code == 503, r and r.text
         assert r.json()["status"] == "unavailable"
         r = app["client"].post("/pending/v1/completions", json={"prompt": "x"})

@@ -18,8 +18,7 @@ import yaml
 
 from serve_app.launch_config import DEFAULT_CONFIG, apply_overrides, load_serve_config
 from serve_app.run_local import free_port
-
-from .conftest import wait_for
+from tests.support import poll_until, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN_DIR = ROOT / ".cache" / "ray"
@@ -61,7 +60,7 @@ def get_ok(url: str, proc, timeout: float = 300):
             return None
         return r if r.status_code == 200 else None
 
-    r = wait_for(answered, timeout=timeout, interval=1)
+    r = poll_until(answered, timeout=timeout, interval=1)
     return None if r == "exited" else r
 
 
@@ -127,7 +126,7 @@ def test_run_local_deploys_the_config_serves_the_curl_and_stops_cleanly(tiny_mod
         assert stats["openmp"] == "intel"
         # No torch_threads in args: the replica takes its CPU share, i.e. the config's ray_actor_options.num_cpus.
         assert stats["torch_threads"] == model_cpus
-        wait_for(lambda: "Ctrl-C to stop" in log.read_text(), timeout=30)
+        wait_for(lambda: "Ctrl-C to stop" in log.read_text(), "the launcher's 'Ctrl-C to stop' line", timeout=30)
         text = log.read_text()
         assert "Submitted deploy config successfully" in text  # Ray's own `serve run` deployed it
         assert f'curl "http://127.0.0.1:{port}/generate?query=Hello%20friend%2C%20how"' in text
@@ -162,7 +161,7 @@ def test_benchmark_overrides_and_ready_file(tiny_model_dir, tmp_path):
         ["--port", str(port), "--no-dashboard", "--model-dir", str(tiny_model_dir), "--replicas", "2", "--cpus", "2",
          "--app-args", json.dumps({"max_batch_size": 4}), "--ready-file", str(ready), "--private-temp-dir"], tmp_path)
     try:
-        assert wait_for(lambda: ready.is_file() or proc.poll() is not None, timeout=400, interval=1)
+        assert poll_until(lambda: ready.is_file() or proc.poll() is not None, timeout=400, interval=1)
         assert ready.is_file(), log.read_text()[-3000:]
         info = json.loads(ready.read_text())
         assert info["status"] == "RUNNING" and info["pid"] == proc.pid

@@ -6,10 +6,10 @@ time, or spin and collapse when the cores are shared). Intel OpenMP (`intel-open
 backend and IPEX preload too) implements the same GOMP entry points; preloaded, a 124M decode step at batch 32 on
 2 threads took a median 80 ms vs 137 ms with libgomp passive, on a shared 2-core machine (bench/ENGINE.md).
 
-It has to be in place before the process starts (LD_PRELOAD), so the launchers (`serve_app.run_local`, the
-benchmark's launcher) set it in their own environment before Ray starts the replica processes; an in-process
-benchmark re-executes itself with `reexec_with_replica_env`. The serve image does not preload it yet (it runs
-libgomp with OMP_WAIT_POLICY=PASSIVE).
+It has to be in place before the process starts (LD_PRELOAD), so the local launcher (`serve_app.run_local`, used by
+`make run` and `make bench`) sets it in its own environment before Ray starts the replica processes; an in-process
+benchmark re-executes itself with `reexec_with_replica_env`. The serve image sets LD_PRELOAD itself
+(images/serve/Dockerfile), so the replicas of a RayService get it too.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ import pytest
 
 from tests.support import ROOT, import_script
 
-# Kubernetes fixtures (kubeconfig, k8s_api, kubectl, namespace): see tests/k8s_fixtures.py.
-pytest_plugins = ["tests.k8s_fixtures"]
+# Kubernetes fixtures (kubeconfig, k8s_api, kubectl, namespace): tests/k8s_fixtures.py; the operator run on them
+# (crd_installed, api, run_operator), for tests/operator and tests/sim: tests/operator/fixtures.py.
+pytest_plugins = ["tests.k8s_fixtures", "tests.operator.fixtures"]
 
 MODELS = ROOT / ".models"
 

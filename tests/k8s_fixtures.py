@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import ROOT, stop_process, wait_for  # noqa: F401  (the last two: tests/operator still imports them here)
+from tests.support import ROOT
 
 BIN = ROOT / ".cache" / "bin"
 CLUSTER_SH = ROOT / "hack" / "cluster" / "cluster.sh"

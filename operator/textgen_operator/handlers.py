@@ -13,7 +13,7 @@
   the model replicas Serve reports RUNNING (readyReplicas, scaled to zero) and a new cluster's unschedulable pods.
 
 Each of these parses the TextGenService spec once (parse_tgs) and passes the result down (tests/operator/
-test_tgs_per_event.py counts it), and counts what it did in metrics.py (README.md: Metrics).
+test_per_event.py counts it), and counts what it did in metrics.py (README.md: Metrics).
 
 Run with `python -m textgen_operator` or `kopf run --standalone -m textgen_operator.handlers`.
 """

@@ -1,70 +1,16 @@
-"""Fixtures of the operator tests (constants and shared data live in tgs_common.py)."""
+"""Fixtures of the operator tests alone (the operator-running ones, shared with tests/sim: fixtures.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from pathlib import Path
 
 import pytest
 import yaml
-from kopf.testing import KopfRunner
-from kubernetes import client
-from textgen_operator import constants as C
-from textgen_operator import handlers
-from tgs_common import CRD_PATH, SAMPLES
 
-from tests.k8s_fixtures import wait_for
+from tests.operator.tgs_common import SAMPLES
 
 
 @pytest.fixture(params=SAMPLES, ids=[p.stem for p in SAMPLES])
 def sample(request) -> tuple[Path, dict]:
     """(path, parsed YAML) of each manifests/samples/ file."""
     return request.param, yaml.safe_load(request.param.read_text())
-
-
-class LogLines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in self.lines)
-
-
-@pytest.fixture(scope="session")
-def crd_installed(kubectl):
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    kubectl("wait", "--for", "condition=established", "--timeout=60s", f"crd/{C.CRD_NAME}")
-    return True
-
-
-@pytest.fixture
-def api(k8s_api):
-    return client.CustomObjectsApi(k8s_api)
-
-
-@pytest.fixture
-def run_operator(kubeconfig, namespace, crd_installed, monkeypatch):
-    """Context manager factory: the operator, in-process, watching only this test's namespace."""
-    monkeypatch.setenv("KUBECONFIG", kubeconfig)
-    monkeypatch.setattr(handlers, "_API", None)  # the handlers' own client: built from this kubeconfig
-    log = LogLines()
-    logging.getLogger("kopf").addHandler(log)
-
-    @contextlib.contextmanager
-    def run():
-        args = ["run", "--standalone", "--verbose", "--namespace", namespace, "-m", "textgen_operator.handlers"]
-        with KopfRunner(args, timeout=60) as runner:
-            wait_for(lambda: log.count("textgen-operator ready"), "the operator's startup handler")
-            yield log
-        assert runner.exception is None, runner.output
-        assert runner.exit_code == 0, runner.output
-
-    try:
-        yield run
-    finally:
-        logging.getLogger("kopf").removeHandler(log)

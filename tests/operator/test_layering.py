@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import textgen_operator
-from tgs_common import ROOT
+
+from tests.operator.tgs_common import ROOT
 
 # The only modules allowed to import kopf: the handlers and the entry point that runs them.
 KOPF_MODULES = {"handlers", "__main__"}

@@ -8,16 +8,15 @@ import json
 
 import pytest
 from kubernetes import client
-from pss_restricted import violations
 from pydantic import ValidationError
-from test_pod_security import effective_pods
 from textgen_operator import constants as C
 from textgen_operator.pod_customisation import DEFAULTS_ENV, with_pod_defaults
 from textgen_operator.spec import TextGenServiceSpec
 from textgen_operator.validation import InvalidSpec, validate
-from tgs_common import create_tgs, get, load_sample
 
-from tests.k8s_fixtures import wait_for
+from tests.operator.pss_restricted import violations
+from tests.operator.tgs_common import create_tgs, effective_pods, get, load_sample
+from tests.support import wait_for
 
 POD = {
     "labels": {"team": "nlp", "app.kubernetes.io/component": "mine"},

@@ -6,31 +6,13 @@ server's own PodSecurity admission judge the pods KubeRay really creates."""
 
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest
-from pss_restricted import violations
 from textgen_operator import pod_security as PS
-from textgen_operator.builder import build_rayservice
-from tgs_common import ROOT
 
-
-def effective_pods(doc: dict) -> dict[str, dict]:
-    """The pod specs KubeRay makes from the RayService's templates (ray-operator v1.5 controllers/ray/common/pod.go)."""
-    rs = build_rayservice(doc["metadata"]["name"], "ns", doc["spec"])
-    cluster = rs["spec"]["rayClusterConfig"]
-    head = copy.deepcopy(cluster["headGroupSpec"]["template"]["spec"])
-    if cluster["enableInTreeAutoscaling"]:
-        opts = cluster["autoscalerOptions"]
-        head["containers"].append({"name": "autoscaler", "image": head["containers"][0]["image"],
-                                   "securityContext": opts.get("securityContext"),
-                                   "volumeMounts": opts.get("volumeMounts", [])})
-    (group,) = cluster["workerGroupSpecs"]
-    worker = copy.deepcopy(group["template"]["spec"])
-    worker["initContainers"] = [{"name": "wait-gcs-ready", "image": worker["containers"][0]["image"],
-                                 "securityContext": copy.deepcopy(worker["containers"][0].get("securityContext"))}]
-    return {"head": head, "worker": worker}
+from tests.operator.pss_restricted import violations
+from tests.operator.tgs_common import ROOT, effective_pods, load_sample
 
 
 def serve_image_user() -> tuple[int, int]:
@@ -92,8 +74,6 @@ HARDENING = {
 @pytest.mark.parametrize("weaken", sorted(HARDENING))
 def test_the_checker_catches_each_missing_setting(weaken):
     """Each hardening setting is load-bearing: without it the checker (and the standard) refuses the pod."""
-    from tgs_common import load_sample
-
     pod = effective_pods(load_sample("fixed"))["head"]
     change, control = HARDENING[weaken]
     change(pod)

@@ -9,10 +9,10 @@ import json
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from pss_restricted import violations
-from tgs_common import create_tgs, load_sample
 
-from tests.k8s_fixtures import wait_for
+from tests.operator.pss_restricted import violations
+from tests.operator.tgs_common import create_tgs, load_sample
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 

@@ -9,12 +9,13 @@ import threading
 import time
 
 import pytest
-from test_tgs_status import T0, build_status, conds, rayservice, tgs
 from textgen_operator import constants as C
 from textgen_operator.builder import build_serve_config
 from textgen_operator.serve_status import ModelReplicas, fetch_model_replicas, parse_model_replicas
 from textgen_operator.spec import TextGenServiceSpec
 from textgen_operator.status import unschedulable_pods
+
+from tests.operator.status_helpers import T0, build_status, conds, rayservice, tgs
 
 RUNNING_RS = dict(ready=("True", "NonZeroServeEndpoints", ""), app=("RUNNING", ""), model=("HEALTHY", ""))
 ZERO_SPEC = {"replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 0, "maxReplicas": 3}}

@@ -1,13 +1,15 @@
-"""Shared helpers for the operator tests. tests/operator has no __init__.py on purpose (a package named `operator`
-would shadow the standard library), so this module has a unique name and tests import it directly."""
+"""Shared helpers for the operator tests (and tests/sim): paths, samples, rule cases, cluster calls, KubeRay's pods.
+Imported as tests.operator.tgs_common (a subpackage of `tests`, so it shadows no standard `operator` module)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import yaml
 from kubernetes.client.exceptions import ApiException
 from textgen_operator import constants as C
+from textgen_operator.builder import build_rayservice
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = ROOT / "manifests" / "samples"
@@ -69,3 +71,23 @@ def get(api, namespace: str, plural: str, name: str, group: str = C.RAY_GROUP, v
 
 def get_tgs(api, namespace: str, name: str):
     return get(api, namespace, C.PLURAL, name, C.GROUP, C.VERSION)
+
+
+# --- what KubeRay makes of a RayService ------------------------------------------------------------------------
+
+
+def effective_pods(doc: dict) -> dict[str, dict]:
+    """The pod specs KubeRay makes from the RayService's templates (ray-operator v1.5 controllers/ray/common/pod.go)."""
+    rs = build_rayservice(doc["metadata"]["name"], "ns", doc["spec"])
+    cluster = rs["spec"]["rayClusterConfig"]
+    head = copy.deepcopy(cluster["headGroupSpec"]["template"]["spec"])
+    if cluster["enableInTreeAutoscaling"]:
+        opts = cluster["autoscalerOptions"]
+        head["containers"].append({"name": "autoscaler", "image": head["containers"][0]["image"],
+                                   "securityContext": opts.get("securityContext"),
+                                   "volumeMounts": opts.get("volumeMounts", [])})
+    (group,) = cluster["workerGroupSpecs"]
+    worker = copy.deepcopy(group["template"]["spec"])
+    worker["initContainers"] = [{"name": "wait-gcs-ready", "image": worker["containers"][0]["image"],
+                                 "securityContext": copy.deepcopy(worker["containers"][0].get("securityContext"))}]
+    return {"head": head, "worker": worker}

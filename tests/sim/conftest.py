@@ -11,7 +11,7 @@ default scheduler are not its business), and the admission policy gives pods cre
 `textgen.dev/sim=true` (and only those) that scheduler name and the toleration. The bundle itself is unchanged:
 KubeRay creates the pods from the operator's RayService as it would on EKS.
 
-The operator is the one tests/operator runs (its `run_operator` fixture, imported below).
+The operator is the one tests/operator runs (`run_operator`, tests/operator/fixtures.py).
 """
 
 from __future__ import annotations
@@ -32,10 +32,6 @@ from serve_app.run_local import free_port
 from tests.k8s_fixtures import BIN
 from tests.sim.sim_nodes import KWOK_ANNOTATION, KWOK_TAINT, NODE, SIM_LABEL, SIM_NODES
 from tests.support import ROOT, stop_process, wait_for
-
-# The operator tests' fixtures (tests/operator has no __init__.py: its helper module is imported by name).
-sys.path.insert(0, str(ROOT / "tests" / "operator"))
-from tests.operator.conftest import api, crd_installed, run_operator  # noqa: E402,F401  (fixtures)
 
 SCHEDULER_NAME = "textgen-sim"
 POLICY = "textgen-sim-fake-nodes"

@@ -23,10 +23,10 @@ from kubernetes import client
 from textgen_operator import constants as C
 from textgen_operator.networkpolicy import CONTROL_PLANE_PORTS, policy_name
 from textgen_operator.ray_auth import TOKEN_KEY, auth_secret_name
-from tgs_common import ROOT, create_tgs, get, load_sample
 
 from tests.chart.chart_utils import CHART, documented_rbac, helm
-from tests.k8s_fixtures import wait_for
+from tests.operator.tgs_common import ROOT, create_tgs, get, load_sample
+from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
 

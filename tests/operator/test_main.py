@@ -7,7 +7,8 @@ import sys
 
 import pytest
 from textgen_operator.__main__ import DEFAULT_LIVENESS, kopf_args
-from tgs_common import ROOT
+
+from tests.operator.tgs_common import ROOT
 
 
 def test_defaults_are_cluster_wide_standalone_with_liveness(monkeypatch):

@@ -11,7 +11,8 @@ from textgen_operator import constants as C
 from textgen_operator import crd
 from textgen_operator.crd import volume_rules
 from textgen_operator.spec import ROOT_RULES, Autoscaling, Cluster, PodCustomisation, Serving, TextGenServiceSpec
-from tgs_common import ROOT, SAMPLES
+
+from tests.operator.tgs_common import ROOT, SAMPLES
 
 COMMITTED = [ROOT / "manifests" / "crd" / C.CRD_FILENAME, ROOT / "charts" / "textgen-operator" / "crds" / C.CRD_FILENAME]
 

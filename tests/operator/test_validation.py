@@ -6,7 +6,8 @@ import kopf
 import pytest
 from textgen_operator.spec import ROOT_RULES, Autoscaling, Cluster, Serving, TextGenServiceSpec
 from textgen_operator.validation import InvalidSpec, parse, validate
-from tgs_common import RULE_CASES
+
+from tests.operator.tgs_common import RULE_CASES
 
 
 def test_every_rule_has_a_case():

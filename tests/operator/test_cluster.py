@@ -23,11 +23,11 @@ from textgen_operator import constants as C
 from textgen_operator import handlers
 from textgen_operator.builder import build_rayservice, worker_bounds
 from textgen_operator.spec import TextGenServiceSpec
-from tgs_common import CRD_PATH, GOLDEN_DIR, ROOT, RULE_CASES, SAMPLES, create_tgs, get, get_tgs, load_sample
 
 from serve_app import contract as SC
 from serve_app.run_local import free_port
-from tests.k8s_fixtures import wait_for
+from tests.operator.tgs_common import CRD_PATH, GOLDEN_DIR, ROOT, RULE_CASES, SAMPLES, create_tgs, get, get_tgs, load_sample
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -267,7 +267,7 @@ def test_python_dash_m_runs_the_operator_with_liveness(api, kubeconfig, namespac
            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "textgen_operator", "--namespace", namespace, "--log-format", "json",
-         "--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", "0"],  # metrics: test_tgs_metrics
+         "--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", "0"],  # metrics: test_metrics
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def healthy():

@@ -10,9 +10,9 @@ from textgen_operator import constants as C
 from textgen_operator.builder import build_rayservice, worker_bounds
 from textgen_operator.render import render_file
 from textgen_operator.spec import TextGenServiceSpec
-from tgs_common import GOLDEN_DIR, SAMPLES
 
 from serve_app.config import AppArgs
+from tests.operator.tgs_common import GOLDEN_DIR, SAMPLES
 
 
 def test_every_sample_has_a_golden_and_no_stale_goldens():

@@ -7,10 +7,11 @@ import socket
 import threading
 
 import pytest
-from test_tgs_status import build_status
 from textgen_operator import handlers
 from textgen_operator.builder import build_rayservice
 from textgen_operator.ownership import is_subset, owned_by
+
+from tests.operator.status_helpers import build_status
 
 TGS = {"apiVersion": "textgen.dev/v1alpha1", "kind": "TextGenService",
        "metadata": {"name": "gpt2", "namespace": "demo", "uid": "u-1", "generation": 1}, "spec": {}}

@@ -1,5 +1,5 @@
 """Pure parts of the closed Ray control plane: the NetworkPolicy builder, its settings, the Ray token helpers.
-(The policy against real pods and the token Secret KubeRay makes: test_tgs_rbac.py.)"""
+(The policy against real pods and the token Secret KubeRay makes: test_rbac.py.)"""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from textgen_operator.networkpolicy import (
     settings_from_env,
 )
 from textgen_operator.ray_auth import MIN_RAY_VERSION, active_ray_cluster, auth_secret_name, token_from_secret
-from tgs_common import SAMPLES
 
 from tests.chart.chart_utils import render_objects
+from tests.operator.tgs_common import SAMPLES
 
 MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 

@@ -14,9 +14,9 @@ from kubernetes.client.exceptions import ApiException
 from textgen_operator import constants as C
 from textgen_operator import handlers
 from textgen_operator.builder import build_rayservice
-from tgs_common import create_tgs, get, get_tgs, load_sample
 
-from tests.k8s_fixtures import wait_for
+from tests.operator.tgs_common import create_tgs, get, get_tgs, load_sample
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(400)]
 

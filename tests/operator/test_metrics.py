@@ -13,11 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from textgen_operator import constants as C
 from textgen_operator import metrics
 from textgen_operator.__main__ import kopf_args, options
-from tgs_common import ROOT, create_tgs, get, load_sample
 
 from serve_app.run_local import free_port
 from tests.chart.chart_utils import by_kind, render_objects
-from tests.k8s_fixtures import stop_process, wait_for
+from tests.operator.tgs_common import ROOT, create_tgs, get, load_sample
+from tests.support import stop_process, wait_for
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

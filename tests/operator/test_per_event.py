@@ -12,9 +12,9 @@ import pytest
 from textgen_operator import constants as C
 from textgen_operator import handlers
 from textgen_operator.spec import TextGenServiceSpec
-from tgs_common import create_tgs, get, load_sample
 
-from tests.k8s_fixtures import wait_for
+from tests.operator.tgs_common import create_tgs, get, load_sample
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 

@@ -8,18 +8,15 @@
 # build caches, as hack/sim does; a second checkout on the machine only copies the binaries.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-BIN="${BIN:-$ROOT/.cache/bin}"
+. "$HERE/../lib.sh"
 PLUGINS="${HELM_PLUGINS_DIR:-$ROOT/.cache/helm-plugins}"
-export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:--buildvcs=false}" CGO_ENABLED=0
 log() { printf '[chart-tools] %s\n' "$*" >&2; }
 
 command -v go >/dev/null || { log "Go is needed to build helm-unittest and helm-docs (go 1.26+)"; exit 1; }
 UNITTEST_VERSION="$(awk '$1 == "github.com/helm-unittest/helm-unittest" {print $2; exit}' "$HERE/go.mod")"
 DOCS_VERSION="$(awk '$1 == "github.com/norwoodj/helm-docs" {print $2; exit}' "$HERE/go.mod")"
 RECIPE="1 CGO_ENABLED=$CGO_ENABLED -trimpath -s -w $(go env GOVERSION GOOS GOARCH | tr '\n' ' ')"
-KEY="$( { echo "$RECIPE"; cat "$HERE/go.mod" "$HERE/go.sum"; } | sha256sum | cut -c1-12)"
-STORE="${TEXTGEN_CACHE:-$HOME/.cache/textgen-operator}/chart-tools/$KEY"
+STORE="$CACHE_ROOT/chart-tools/$(go_build_key "$HERE" "$RECIPE")"
 # plugin.yaml names the binary per platform: untt-<os>-<arch>, with "macos" for darwin.
 GOOS="$(go env GOOS)"; GOARCH="$(go env GOARCH)"
 UNTT="untt-${GOOS/darwin/macos}-$GOARCH"

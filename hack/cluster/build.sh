@@ -14,14 +14,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-BIN="${BIN:-$ROOT/.cache/bin}"
+. "$HERE/../lib.sh"
 KUBERAY_OUT="$ROOT/.cache/kuberay"
-PY="${PY:-$ROOT/.venv/bin/python}"
-[ -x "$PY" ] || PY=python3
-
-export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:--buildvcs=false}"
-export CGO_ENABLED=0
 
 log() { printf '[cluster-build] %s\n' "$*" >&2; }
 

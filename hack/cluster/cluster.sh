@@ -18,11 +18,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-BIN="${BIN:-$ROOT/.cache/bin}"
+. "$HERE/../lib.sh"
 STATE="${CLUSTER_DIR:-$ROOT/.cluster}"
-PY="${PY:-$ROOT/.venv/bin/python}"
-[ -x "$PY" ] || PY=python3
 KUBECONFIG_OUT="$STATE/kubeconfig"
 NODE_IP="${CLUSTER_NODE_IP:-}"
 PIDS="$STATE/pids"
@@ -48,17 +45,6 @@ pid_of() {
   case "$exe" in "$BIN/$1"|"$BIN/$1 (deleted)") echo "$pid" ;; esac
 }
 
-stop_pid() { # name pid
-  local name="$1" pid="$2" i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || { log "stopped $name (pid $pid)"; return 0; }
-    sleep 0.1
-  done
-  log "$name (pid $pid) ignored SIGTERM for 5 s: SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  for i in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-}
 
 # Processes of ours whose PID file was lost (e.g. .cluster/ removed by hand while they ran): matched by the
 # exact binary path under this checkout's .cache/bin AND this checkout's state folder in their command line or
@@ -101,17 +87,6 @@ wait_for() {
   done
 }
 
-free_ports() { # N: print N distinct free loopback TCP ports
-  "$PY" - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
 
 # ---------------------------------------------------------------- PKI and kubeconfig
 
@@ -267,15 +242,9 @@ cmd_up() {
   make_pki
 
   read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT KUBERAY_METRICS_PORT KUBERAY_PROBE_PORT <<<"$(free_ports 6)"
-  cat > "$STATE/ports.env" <<EOF
-ETCD_PORT=$ETCD_PORT
-ETCD_PEER_PORT=$ETCD_PEER_PORT
-API_PORT=$API_PORT
-KCM_PORT=$KCM_PORT
-KUBERAY_METRICS_PORT=$KUBERAY_METRICS_PORT
-KUBERAY_PROBE_PORT=$KUBERAY_PROBE_PORT
-CLUSTER_NODE_IP=$NODE_IP
-EOF
+  CLUSTER_NODE_IP="$NODE_IP"
+  write_env "$STATE/ports.env" ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT KUBERAY_METRICS_PORT KUBERAY_PROBE_PORT \
+    CLUSTER_NODE_IP
   write_kubeconfig "$API_PORT"
 
   start_component etcd \

@@ -2,11 +2,8 @@
 # Machine-wide caches live under $TEXTGEN_CACHE (default ~/.cache/textgen-operator, as for hack/cluster);
 # per-checkout state under $NODE_DIR (default .node/).
 NODE_LIB_HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$NODE_LIB_HERE/../.." && pwd)"
-BIN="${BIN:-$ROOT/.cache/bin}"
-PY="${PY:-$ROOT/.venv/bin/python}"
-[ -x "$PY" ] || PY=python3
-CACHE_ROOT="${TEXTGEN_CACHE:-$HOME/.cache/textgen-operator}"
+. "$NODE_LIB_HERE/../lib.sh"
+STOP_GRACE_S=10  # the kubelet and containerd take longer than the control plane to stop
 NODE_CACHE="$CACHE_ROOT/node"
 NODE_STATE="${NODE_DIR:-$ROOT/.node}"
 # The node's own control plane (hack/cluster/cluster.sh in node mode), apart from the tests' .cluster/: tests that
@@ -28,8 +25,6 @@ NFT_TABLE=textgen-node                        # our own nft table (pod egress gu
 
 # The Kubernetes version: the one hack/cluster/kube/go.mod pins (the API server's).
 kube_version() { awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$ROOT/hack/cluster/kube/go.mod"; }
-
-export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:--buildvcs=false}" CGO_ENABLED=0
 
 _T0=$(date +%s)
 log() { printf '[%s +%ss] %s\n' "${LOG_TAG:-node}" "$(( $(date +%s) - _T0 ))" "$*" >&2; }

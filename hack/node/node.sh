@@ -83,16 +83,9 @@ write_configs() {
   . "$CLUSTER_STATE/ports.env"
   read -r KUBELET_PORT KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT SCHED_PORT DNS_HEALTH_PORT \
     DNS_READY_PORT <<<"$(free_ports 7)"
-  cat > "$NODE_STATE/ports.env" <<EOF
-KUBELET_PORT=$KUBELET_PORT
-KUBELET_HEALTHZ_PORT=$KUBELET_HEALTHZ_PORT
-PROXY_HEALTHZ_PORT=$PROXY_HEALTHZ_PORT
-SCHED_PORT=$SCHED_PORT
-DNS_HEALTH_PORT=$DNS_HEALTH_PORT
-DNS_READY_PORT=$DNS_READY_PORT
-NODE_IP=$NODE_IP
-CGROUP_ROOT=$cgroup_root
-EOF
+  CGROUP_ROOT="$cgroup_root"
+  write_env "$NODE_STATE/ports.env" KUBELET_PORT KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT SCHED_PORT DNS_HEALTH_PORT \
+    DNS_READY_PORT NODE_IP CGROUP_ROOT
   # CNI: one bridge, host-local addresses, portmap (hostPort); no IP masquerade: pods never leave the node.
   cat > "$NODE_STATE/cni/net.d/10-textgen.conflist" <<EOF
 {"cniVersion": "1.0.0", "name": "textgen", "plugins": [

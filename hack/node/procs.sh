@@ -13,17 +13,6 @@ pid_of() {
   [ "$exe" = "$want" ] || [ "$exe" = "$want (deleted)" ] && echo "$pid" || true
 }
 
-stop_pid() { # name pid
-  local i
-  kill -TERM "$2" 2>/dev/null || return 0
-  for i in $(seq 1 100); do
-    kill -0 "$2" 2>/dev/null || { log "stopped $1 (pid $2)"; return 0; }
-    sleep 0.1
-  done
-  log "$1 (pid $2) ignored SIGTERM for 10 s: SIGKILL"
-  kill -KILL "$2" 2>/dev/null || true
-  for i in $(seq 1 20); do kill -0 "$2" 2>/dev/null || return 0; sleep 0.1; done
-}
 
 start_component() { # name args...
   local name="$1"; shift
@@ -48,12 +37,6 @@ wait_for() { # name seconds cmd...: poll cmd; fail early when the process died
   done
 }
 
-free_ports() { # N: N distinct free loopback TCP ports
-  "$PY" -c 'import socket, sys
-s = [socket.socket() for _ in range(int(sys.argv[1]))]
-[x.bind(("127.0.0.1", 0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
-}
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 

@@ -7,16 +7,13 @@
 # Cached in $TEXTGEN_CACHE/sim/kwok-<version>-<key> (key: go.mod, go.sum, the build recipe), as hack/cluster does.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-BIN="${BIN:-$ROOT/.cache/bin}"
+. "$HERE/../lib.sh"
 OUT="$ROOT/.cache/sim"
-export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:--buildvcs=false}" CGO_ENABLED=0
 log() { printf '[sim-build] %s\n' "$*" >&2; }
 
 KWOK_VERSION="$(awk '$1 == "sigs.k8s.io/kwok" {print $2; exit}' "$HERE/go.mod")"
 RECIPE="1 CGO_ENABLED=$CGO_ENABLED -trimpath -s -w $(go env GOVERSION 2>/dev/null || echo nogo)"
-KEY="$( { echo "$RECIPE"; cat "$HERE/go.mod" "$HERE/go.sum"; } | sha256sum | cut -c1-12)"
-STORE="${TEXTGEN_CACHE:-$HOME/.cache/textgen-operator}/sim/kwok-$KWOK_VERSION-$KEY"
+STORE="$CACHE_ROOT/sim/kwok-$KWOK_VERSION-$(go_build_key "$HERE" "$RECIPE")"
 # The Stages kwok plays: nodes become Ready (and keep their Lease), pods become Running/Ready, deleted pods go.
 STAGES=(node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
         pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml)

@@ -39,3 +39,22 @@ write_env() {
   local file="$1" v; shift
   for v in "$@"; do printf '%s=%s\n' "$v" "${!v}"; done > "$file"
 }
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# components_status NAME...: a line per component (pid and RSS, or "not running", found by the sourcing script's
+# pid_of); COMPONENTS_RSS_KIB gets their total; returns 1 when one is not running.
+components_status() {
+  local c pid rss rc=0
+  COMPONENTS_RSS_KIB=0
+  for c in "$@"; do
+    pid="$(pid_of "$c")"
+    if [ -n "$pid" ]; then
+      rss="$(rss_kib "$pid")"; COMPONENTS_RSS_KIB=$(( COMPONENTS_RSS_KIB + rss ))
+      printf '  %-24s pid %-8s RSS %6d MiB\n' "$c" "$pid" $(( rss / 1024 ))
+    else
+      printf '  %-24s not running\n' "$c"; rc=1
+    fi
+  done
+  return $rc
+}

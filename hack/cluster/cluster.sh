@@ -316,20 +316,10 @@ cmd_up() {
   print_usage
 }
 
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-
 cmd_status() {
-  local c pid rss total=0 rc=0
-  for c in "${COMPONENTS[@]}"; do
-    pid="$(pid_of "$c")"
-    if [ -n "$pid" ]; then
-      rss="$(rss_kib "$pid")"; total=$(( total + rss ))
-      printf '  %-24s pid %-8s RSS %6d MiB\n' "$c" "$pid" $(( rss / 1024 ))
-    else
-      printf '  %-24s not running\n' "$c"; rc=1
-    fi
-  done
-  printf '  %-24s             RSS %6d MiB\n' "total" $(( total / 1024 ))
+  local rc=0
+  components_status "${COMPONENTS[@]}" || rc=1
+  printf '  %-24s             RSS %6d MiB\n' "total" $(( COMPONENTS_RSS_KIB / 1024 ))
   if api_ready; then echo "  API server ready at https://127.0.0.1:$API_PORT  (KUBECONFIG=$KUBECONFIG_OUT)"
   else echo "  API server not ready"; rc=1; fi
   return $rc

@@ -265,15 +265,9 @@ cmd_down() {
 }
 
 cmd_status() {
-  local c pid rss total=0 rc=0
-  for c in "${COMPONENTS[@]}"; do
-    pid="$(pid_of "$c")"
-    if [ -n "$pid" ]; then
-      rss="$(rss_kib "$pid")"; total=$(( total + rss ))
-      printf '  %-24s pid %-8s RSS %6d MiB\n' "$c" "$pid" $(( rss / 1024 ))
-    else printf '  %-24s not running\n' "$c"; rc=1; fi
-  done
-  rss="$(shim_rss_kib)"; total=$(( total + rss ))
+  local rss total rc=0
+  components_status "${COMPONENTS[@]}" || rc=1
+  rss="$(shim_rss_kib)"; total=$(( COMPONENTS_RSS_KIB + rss ))
   printf '  %-24s              RSS %6d MiB\n' "containerd shims" $(( rss / 1024 )) "total" $(( total / 1024 ))
   [ -f "$NODE_STATE/ports.env" ] && pods_memory
   node_ready && echo "  node $NODE_NAME Ready" || { echo "  node $NODE_NAME not Ready"; rc=1; }

@@ -38,7 +38,6 @@ wait_for() { # name seconds cmd...: poll cmd; fail early when the process died
 }
 
 
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # containerd's shims for our socket (one per pod), e.g. after containerd itself was stopped.
 our_shims() {

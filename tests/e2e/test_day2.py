@@ -17,26 +17,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.node_e2e import (
-    NAMESPACE,
-    RELEASE,
-    ROOT,
-    STAND_IN,
-    Timings,
-    applied,
-    generate_ok,
-    get_tgs,
-    helm,
-    helm_install,
-    items,
-    leftovers_of_an_earlier_run,
-    pod_phases,
-    ready_condition,
-    restricted_namespace,
-    serve_app,
-    serve_base_url,
-    serve_replicas,
-)
+from tests.e2e import node_e2e as e2e
 from tests.support import wait_for
 
 TGS = "gpt2-day2"
@@ -52,7 +33,7 @@ def manifest(serve_image: str, *, replicas: int = 1, max_tokens_limit: int = 64,
     return f"""
 apiVersion: textgen.dev/v1alpha1
 kind: TextGenService
-metadata: {{name: {TGS}, namespace: {NAMESPACE}}}
+metadata: {{name: {TGS}, namespace: {e2e.NAMESPACE}}}
 spec:
   replicas: {replicas}
   autoscaling:
@@ -63,7 +44,7 @@ spec:
     downscaleDelayS: {downscale_delay_s}
     lookBackPeriodS: 10
     nodeIdleTimeoutS: 30
-  model: {{name: /models/{STAND_IN}}}
+  model: {{name: /models/{e2e.STAND_IN}}}
   serving: {{maxBatchSize: 4, defaultMaxTokens: 16, maxTokensLimit: {max_tokens_limit}, dtype: float32}}
   cluster:
     image: {serve_image}
@@ -120,37 +101,37 @@ def condition(tgs: dict, type_: str) -> dict:
 
 
 def not_degraded(kubectl) -> dict:
-    tgs = get_tgs(kubectl, TGS)
+    tgs = e2e.get_tgs(kubectl, TGS)
     assert condition(tgs, "Degraded").get("status") != "True", condition(tgs, "Degraded")
     return tgs
 
 
 def test_day2_on_the_local_node(kubeconfig, kubectl, local_images):
-    leftovers_of_an_earlier_run(kubeconfig, kubectl)
-    t, figures = Timings(), {}
+    e2e.leftovers_of_an_earlier_run(kubeconfig, kubectl)
+    t, figures = e2e.Timings(), {}
     image = local_images["SERVE_IMAGE"]
-    restricted_namespace(kubectl)
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "charts" / "textgen-operator" / "crds"))
-    helm_install(kubeconfig, local_images["OPERATOR_IMAGE"])
+    e2e.restricted_namespace(kubectl)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(e2e.ROOT / "charts" / "textgen-operator" / "crds"))
+    e2e.helm_install(kubeconfig, local_images["OPERATOR_IMAGE"])
     kubectl("apply", "-f", "-", input=manifest(image))
-    wait_for(lambda: applied(kubectl, TGS), "the RayService", timeout=120)
-    wait_for(lambda: pod_phases(kubectl, "head") == ["Running"] and pod_phases(kubectl, "worker") == ["Running"],
+    wait_for(lambda: e2e.applied(kubectl, TGS), "the RayService", timeout=120)
+    wait_for(lambda: e2e.pod_phases(kubectl, "head") == ["Running"] and e2e.pod_phases(kubectl, "worker") == ["Running"],
              "head and worker pods Running", timeout=600, interval=2)
-    tgs = wait_for(lambda: (lambda o: o if ready_condition(o).get("status") == "True" else None)(
-        get_tgs(kubectl, TGS)), "TextGenService Ready=True", timeout=900, interval=3)
-    base = serve_base_url(kubectl, tgs)
-    wait_for(lambda: generate_ok(base), "the first 200 from /generate", timeout=300, interval=2)
-    (cluster,) = [c["metadata"]["name"] for c in items(kubectl, "rayclusters")]
-    wait_for(lambda: get_tgs(kubectl, TGS)["status"].get("readyReplicas") == 1, "READY 1", timeout=120, interval=2)
+    tgs = wait_for(lambda: (lambda o: o if e2e.ready_condition(o).get("status") == "True" else None)(
+        e2e.get_tgs(kubectl, TGS)), "TextGenService Ready=True", timeout=900, interval=3)
+    base = e2e.serve_base_url(kubectl, tgs)
+    wait_for(lambda: e2e.generate_ok(base), "the first 200 from /generate", timeout=300, interval=2)
+    (cluster,) = [c["metadata"]["name"] for c in e2e.items(kubectl, "rayclusters")]
+    wait_for(lambda: e2e.get_tgs(kubectl, TGS)["status"].get("readyReplicas") == 1, "READY 1", timeout=120, interval=2)
     t.lap("apply -> serving with one replica")
 
     # 1. READY counts what Serve runs: never more than Serve's RUNNING replicas, read after it.
-    kubectl("scale", f"tgs/{TGS}", "-n", NAMESPACE, "--replicas=3")
+    kubectl("scale", f"tgs/{TGS}", "-n", e2e.NAMESPACE, "--replicas=3")
     seen = []
 
     def three_of_three() -> bool:
-        ready = get_tgs(kubectl, TGS)["status"].get("readyReplicas")
-        app = serve_app(kubectl, cluster)  # after READY was read: Serve's count only grows while scaling up
+        ready = e2e.get_tgs(kubectl, TGS)["status"].get("readyReplicas")
+        app = e2e.serve_app(kubectl, cluster)  # after READY was read: Serve's count only grows while scaling up
         if not app:
             return False  # the dashboard did not answer this time
         states = [r.get("state") for r in app["deployments"]["GPT2Model"]["replicas"]]
@@ -162,7 +143,7 @@ def test_day2_on_the_local_node(kubeconfig, kubectl, local_images):
     wait_for(three_of_three, "READY 3 with three RUNNING replicas", timeout=600, interval=1)
     figures["ready_3_of_3_s"] = t.lap("kubectl scale --replicas=3 -> READY 3/3")
     print(f"time to 3/3: {figures['ready_3_of_3_s']} s (READY went {' -> '.join(map(str, seen))})", flush=True)
-    assert [c["metadata"]["name"] for c in items(kubectl, "rayclusters")] == [cluster]
+    assert [c["metadata"]["name"] for c in e2e.items(kubectl, "rayclusters")] == [cluster]
 
     # 2. In-place changes under load, in the same RayCluster. (replicas=3: what `kubectl scale` set.)
     # a) The autoscaler's settings: Serve applies them to the running replicas.
@@ -176,7 +157,7 @@ def test_day2_on_the_local_node(kubeconfig, kubectl, local_images):
     with Load(base) as load:
         time.sleep(10)
         kubectl("apply", "-f", "-", input=manifest(image, replicas=3, downscale_delay_s=20))
-        wait_for(lambda: settled(serve_app(kubectl, cluster), lambda c: model_config(c).get(
+        wait_for(lambda: settled(e2e.serve_app(kubectl, cluster), lambda c: model_config(c).get(
             "autoscaling_config", {}).get("downscale_delay_s") == 20), "the new autoscaling settings in Serve",
             timeout=300, interval=2)
         time.sleep(10)
@@ -190,7 +171,7 @@ def test_day2_on_the_local_node(kubeconfig, kubectl, local_images):
     with Load(base) as load:
         time.sleep(10)
         kubectl("apply", "-f", "-", input=manifest(image, replicas=3, max_tokens_limit=96, downscale_delay_s=20))
-        wait_for(lambda: settled(serve_app(kubectl, cluster), lambda c: c.get("args", {}).get("max_tokens_limit")
+        wait_for(lambda: settled(e2e.serve_app(kubectl, cluster), lambda c: c.get("args", {}).get("max_tokens_limit")
                                  == 96), "the new serving limits RUNNING in Serve", timeout=600, interval=2)
         time.sleep(10)
     print(f"failed requests during an in-place change that replaces the replicas (serving limits): {load.failed} "
@@ -199,20 +180,20 @@ def test_day2_on_the_local_node(kubeconfig, kubectl, local_images):
     t.lap("in-place change (serving limits) under load")
     assert load.failed == 0, load.errors[:5]
     assert load.total > CLIENTS
-    assert [c["metadata"]["name"] for c in items(kubectl, "rayclusters")] == [cluster]
+    assert [c["metadata"]["name"] for c in e2e.items(kubectl, "rayclusters")] == [cluster]
     r = httpx.get(f"{base}/generate", params={"query": "Hello", "max_tokens": 80}, timeout=120)
     assert r.status_code == 200, r.text  # above the old limit of 64: the new arguments serve
 
     # 3. Scale to zero: idle -> no model replica, then KubeRay's autoscaler removes the idle worker; the head stays.
     wait_for(lambda: not_degraded(kubectl)["status"].get("readyReplicas") == 0
-             and condition(get_tgs(kubectl, TGS), "Ready").get("reason") == "ScaledToZero",
+             and condition(e2e.get_tgs(kubectl, TGS), "Ready").get("reason") == "ScaledToZero",
              "READY 0 and Ready reason ScaledToZero", timeout=600, interval=3)
     t.lap("idle -> scaled to zero")
-    wait_for(lambda: serve_replicas(kubectl, cluster) == [], "the last replica stopped", timeout=120, interval=2)
-    wait_for(lambda: not_degraded(kubectl) and pod_phases(kubectl, "worker") == []
-             and pod_phases(kubectl, "head") == ["Running"], "the idle worker pod removed", timeout=600, interval=3)
+    wait_for(lambda: e2e.serve_replicas(kubectl, cluster) == [], "the last replica stopped", timeout=120, interval=2)
+    wait_for(lambda: not_degraded(kubectl) and e2e.pod_phases(kubectl, "worker") == []
+             and e2e.pod_phases(kubectl, "head") == ["Running"], "the idle worker pod removed", timeout=600, interval=3)
     figures["zero_to_worker_gone_s"] = t.lap("-> worker pod removed (head stays)")
-    tgs = get_tgs(kubectl, TGS)
+    tgs = e2e.get_tgs(kubectl, TGS)
     assert condition(tgs, "Ready")["status"] == "True" and condition(tgs, "Degraded")["status"] == "False", tgs
 
     # The next request is held by the head's proxy while a worker and a replica come back, then answered.
@@ -222,7 +203,7 @@ def test_day2_on_the_local_node(kubeconfig, kubectl, local_images):
     assert r.status_code == 200, r.text
     print(f"cold start from zero: {figures['cold_start_s']} s", flush=True)
     t.lap("cold start")
-    assert pod_phases(kubectl, "worker") == ["Running"]
+    assert e2e.pod_phases(kubectl, "worker") == ["Running"]
 
     # 4. A change that needs a new cluster (the head's memory) under load. No room for two clusters on this node:
     # the TextGenService names the pods that cannot be scheduled, and the old cluster keeps serving.
@@ -231,7 +212,7 @@ def test_day2_on_the_local_node(kubeconfig, kubectl, local_images):
         kubectl("apply", "-f", "-", input=manifest(image, replicas=3, max_tokens_limit=96,
                                                    downscale_delay_s=20, head_memory_gi=2))
         tgs = wait_for(lambda: (lambda o: o if condition(o, "Progressing").get("reason") == "NewClusterUnschedulable"
-                                else None)(get_tgs(kubectl, TGS)), "Progressing: NewClusterUnschedulable",
+                                else None)(e2e.get_tgs(kubectl, TGS)), "Progressing: NewClusterUnschedulable",
                        timeout=300, interval=2)
         time.sleep(15)
     message = condition(tgs, "Progressing")["message"]
@@ -243,17 +224,17 @@ def test_day2_on_the_local_node(kubeconfig, kubectl, local_images):
     assert load.total > CLIENTS
     assert "Insufficient cpu" in message and "head" in message, message
     assert condition(tgs, "Ready")["status"] == "True" and condition(tgs, "Degraded")["status"] == "False", tgs
-    assert len(items(kubectl, "rayclusters")) == 2
+    assert len(e2e.items(kubectl, "rayclusters")) == 2
 
     # Delete: both clusters and every pod go with the TextGenService.
-    kubectl("delete", "tgs", TGS, "-n", NAMESPACE, "--wait=true", timeout=300)
-    wait_for(lambda: not items(kubectl, "rayclusters") and not items(kubectl, "pods", "-l", "ray.io/is-ray-node=yes"),
+    kubectl("delete", "tgs", TGS, "-n", e2e.NAMESPACE, "--wait=true", timeout=300)
+    wait_for(lambda: not e2e.items(kubectl, "rayclusters") and not e2e.items(kubectl, "pods", "-l", "ray.io/is-ray-node=yes"),
              "RayClusters and pods gone", timeout=300, interval=2)
-    helm(kubeconfig, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "3m")
-    kubectl("delete", "namespace", NAMESPACE, "--wait=true", timeout=300)
+    e2e.helm(kubeconfig, "uninstall", e2e.RELEASE, "-n", e2e.NAMESPACE, "--wait", "--timeout", "3m")
+    kubectl("delete", "namespace", e2e.NAMESPACE, "--wait=true", timeout=300)
     t.lap("delete tgs, helm uninstall, namespace")
 
-    out = ROOT / ".cache" / "e2e-local" / "day2.json"
+    out = e2e.ROOT / ".cache" / "e2e-local" / "day2.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"timings_s": t, "figures": figures}, indent=2) + "\n")
     print("[e2e] day-2 figures:", json.dumps(figures, indent=2), flush=True)

@@ -142,12 +142,17 @@ def test_samples_become_rayservices_and_rayclusters(api, kubectl, namespace, run
     assert "gpt2-seed-scale" in table and "56" in table
 
 
-def test_replica_changes_apply_in_place_and_kubectl_scale_works(api, kubectl, namespace, run_operator):
-    doc = load_sample("fixed")
+def create_sample(api, namespace: str, sample: str) -> tuple[str, dict]:
+    """Create a sample TextGenService; its name and the RayService the operator made for it."""
+    doc = load_sample(sample)
     name = doc["metadata"]["name"]
+    create_tgs(api, namespace, doc)
+    return name, wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name), "the RayService")
+
+
+def test_replica_changes_apply_in_place_and_kubectl_scale_works(api, kubectl, namespace, run_operator):
     with run_operator():
-        create_tgs(api, namespace, doc)
-        rs = wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name), "the RayService")
+        name, rs = create_sample(api, namespace, "fixed")
         assert model_deployment(rs)["num_replicas"] == 4
         first = one_raycluster(api, namespace, name)["metadata"]["uid"]
 
@@ -178,11 +183,8 @@ def test_replica_changes_apply_in_place_and_kubectl_scale_works(api, kubectl, na
 
 
 def test_autoscaling_bounds_scale_and_rejections(api, kubectl, namespace, run_operator):
-    doc = load_sample("autoscaling")
-    name = doc["metadata"]["name"]
     with run_operator():
-        create_tgs(api, namespace, doc)
-        rs = wait_for(lambda: get(api, namespace, C.RAYSERVICE_PLURAL, name), "the RayService")
+        name, rs = create_sample(api, namespace, "autoscaling")
         auto = model_deployment(rs)["autoscaling_config"]
         assert (auto["min_replicas"], auto["max_replicas"]) == (2, 14)
         # kubectl scale outside the autoscaling bounds is refused by the CRD's rule

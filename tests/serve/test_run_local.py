@@ -152,14 +152,21 @@ def test_run_local_deploys_the_config_serves_the_curl_and_stops_cleanly(tiny_mod
     assert port_closed(port), "the HTTP port is still open after shutdown"
 
 
+def start_bench_launcher(model_dir: Path, tmp_path: Path, replicas: int, app_args: dict):
+    """The launcher as bench/servers.py starts it (one CPU per replica); returns (proc, log, port, ready file)."""
+    port, ready = free_port(), tmp_path / "ready.json"
+    proc, log = start_launcher(
+        ["--port", str(port), "--no-dashboard", "--model-dir", str(model_dir), "--replicas", str(replicas),
+         "--cpus", str(replicas), "--app-args", json.dumps(app_args), "--ready-file", str(ready),
+         "--private-temp-dir"], tmp_path)
+    return proc, log, port, ready
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_benchmark_overrides_and_ready_file(tiny_model_dir, tmp_path):
     """What bench/servers.py starts: pinned weights, 2 replicas on 2 CPUs, a private temp dir; SIGTERM stops it."""
-    port, ready = free_port(), tmp_path / "ready.json"
-    proc, log = start_launcher(
-        ["--port", str(port), "--no-dashboard", "--model-dir", str(tiny_model_dir), "--replicas", "2", "--cpus", "2",
-         "--app-args", json.dumps({"max_batch_size": 4}), "--ready-file", str(ready), "--private-temp-dir"], tmp_path)
+    proc, log, port, ready = start_bench_launcher(tiny_model_dir, tmp_path, 2, {"max_batch_size": 4})
     try:
         assert poll_until(lambda: ready.is_file() or proc.poll() is not None, timeout=400, interval=1)
         assert ready.is_file(), log.read_text()[-3000:]
@@ -187,10 +194,7 @@ def test_benchmark_overrides_and_ready_file(tiny_model_dir, tmp_path):
 @pytest.mark.ray
 @pytest.mark.timeout(400)
 def test_a_failed_deploy_writes_the_ready_file_and_exits_1(tiny_model_dir, tmp_path):
-    port, ready = free_port(), tmp_path / "ready.json"
-    proc, log = start_launcher(
-        ["--port", str(port), "--no-dashboard", "--model-dir", str(tiny_model_dir), "--replicas", "1", "--cpus", "1",
-         "--app-args", json.dumps({"no_such_arg": 1}), "--ready-file", str(ready), "--private-temp-dir"], tmp_path)
+    proc, log, port, ready = start_bench_launcher(tiny_model_dir, tmp_path, 1, {"no_such_arg": 1})
     rc = proc.wait(timeout=360)
     text = log.read_text()
     assert rc == 1, text[-3000:]

@@ -148,8 +148,8 @@ def status_of(answer: bytes) -> int:
 
 
 def test_oversized_bodies_get_413_without_the_ingress_holding_them(app):
-    ingress = ray_process("ServeReplica:textgen:TextGenAPI")
-    before = ingress.memory_info().rss
+    ingress, proxy = ray_process("ServeReplica:textgen:TextGenAPI"), ray_process("ProxyActor")
+    before, proxy_before = ingress.memory_info().rss, proxy.memory_info().rss
     head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     mib = b"x" * (1 << 20)
     declared = raw_upload(app["port"], head + f"Content-Length: {1 << 30}\r\n\r\n", [mib] * 1024)
@@ -161,6 +161,10 @@ def test_oversized_bodies_get_413_without_the_ingress_holding_them(app):
     assert b"body_too_large" in declared + streamed
     growth = ingress.memory_info().rss - before
     assert growth < 50 * 2**20, f"ingress RSS grew {growth / 2**20:.0f} MiB"
+    proxy_growth = proxy.memory_info().rss - proxy_before  # Serve's HTTP proxy streams the body on, never holds it
+    assert proxy_growth < 50 * 2**20, f"proxy RSS grew {proxy_growth / 2**20:.0f} MiB"
+    print(f"\n1 GiB declared + 256 MiB chunked uploads: ingress RSS +{growth / 2**20:.1f} MiB, "
+          f"proxy RSS +{proxy_growth / 2**20:.1f} MiB")
     assert MAX_BODY_BYTES < 50 * 2**20
     r = post_raw(app, b'{"prompt": "still served", "max_tokens": 2}')
     assert r.status_code == 200, r.text

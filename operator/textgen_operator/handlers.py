@@ -1,8 +1,7 @@
 """kopf handlers: side effects only; the logic lives in builder.py, status.py and validation.py.
 
 - reconcile (create/update/resume of a TextGenService): validate, server-side apply the NetworkPolicy around its Ray
-  pods, then the RayService, both with an owner reference (garbage collection deletes them: no finalizer), mirror
-  status.
+  pods, then the RayService, both owner-referenced (garbage collection deletes them: no finalizer), mirror status.
 - rayservice_event (any change to a RayService we manage): the fast path of drift repair; its errors are logged
   and dropped by kopf, which is why the repair loop exists.
 - the repair loop (started at startup, level-based): every REPAIR_INTERVAL_S, for every TextGenService kopf sees
@@ -45,8 +44,7 @@ from .status import build_status, unschedulable_pods
 from .validation import InvalidSpec, ParsedSpec, parse
 
 _API: k8s.ApiClient | None = None
-# (connect, read) seconds of every API call we make: a stuck connection fails the call (retried by the repair loop)
-# instead of pinning a handler while liveness stays green.
+# (connect, read) seconds of every API call: a stuck connection fails (the repair loop retries), never pins a handler.
 API_TIMEOUT_S = (10, 30)
 REPAIR_INTERVAL_S = 15
 # How often readyReplicas is refreshed from Serve's own replica states (status only: nothing is applied).
@@ -123,11 +121,9 @@ def get_textgenservice(namespace: str, name: str) -> dict[str, Any] | None:
 
 def ensure_networkpolicy(tgs: Mapping[str, Any], logger: logging.Logger) -> bool:
     """Apply the NetworkPolicy closing this TextGenService's Ray control plane unless it is in place as built
-    (networkpolicy.py; settings from the chart's $TEXTGEN_NETWORK_POLICY). Applied before the RayService, so the
-    Ray pods are never unprotected. True when it applied."""
+    (networkpolicy.py; settings from $TEXTGEN_NETWORK_POLICY), before the RayService, so the Ray pods are never
+    unprotected; switched off, the one this TextGenService owns goes. True when it applied or deleted."""
     settings = settings_from_env(os.environ)
-    if not settings.enabled:
-        return False
     meta = tgs["metadata"]
     desired = build_networkpolicy(meta["name"], meta["namespace"], settings)
     kopf.adopt(desired, owner=tgs)
@@ -140,12 +136,32 @@ def ensure_networkpolicy(tgs: Mapping[str, Any], logger: logging.Logger) -> bool
         if exc.status != 404:
             raise
         current = None
+    if not settings.enabled:
+        return current is not None and delete_own_networkpolicy(net, tgs, current, logger)
     if current is not None and is_subset(desired, current):
         return False
     net.patch_namespaced_network_policy(
         policy, meta["namespace"], desired, field_manager=C.FIELD_MANAGER, force=True, field_validation="Strict",
         _content_type="application/apply-patch+yaml", _request_timeout=API_TIMEOUT_S)
     logger.info("Applied NetworkPolicy %s: %s", policy, "it was missing" if current is None else "it drifted")
+    return True
+
+
+def delete_own_networkpolicy(net: k8s.NetworkingV1Api, tgs: Mapping[str, Any], policy: Mapping[str, Any],
+                             logger: logging.Logger) -> bool:
+    """Delete ``policy`` if this TextGenService is its controller (uid precondition: never one re-made meanwhile)."""
+    meta = policy["metadata"]
+    if not owned_by(policy, tgs):
+        return False
+    options = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=meta["uid"]))
+    try:
+        net.delete_namespaced_network_policy(meta["name"], meta["namespace"], body=options,
+                                             _request_timeout=API_TIMEOUT_S)
+    except ApiException as exc:
+        if exc.status not in (404, 409):  # 404/409: gone or replaced meanwhile, nothing of ours to delete
+            raise
+        return False
+    logger.info("Deleted NetworkPolicy %s: NetworkPolicies are switched off", meta["name"])
     return True
 
 

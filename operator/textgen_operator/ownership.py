@@ -15,10 +15,10 @@ from . import constants as C
 _LIST_KEYS = ("name", "groupName")
 
 
-def owned_by(rayservice: Mapping[str, Any], tgs: Mapping[str, Any]) -> bool:
-    """Whether `rayservice` has `tgs` (this very object: same uid) as its controller owner."""
+def owned_by(obj: Mapping[str, Any], tgs: Mapping[str, Any]) -> bool:
+    """Whether `obj` (our RayService or NetworkPolicy) has `tgs` (this very object: same uid) as its controller."""
     uid = (tgs.get("metadata") or {}).get("uid")
-    for ref in (rayservice.get("metadata") or {}).get("ownerReferences") or []:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("controller") and ref.get("kind") == C.KIND and ref.get("uid") == uid:
             return True
     return False

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -170,3 +171,19 @@ def test_operator_with_only_the_charts_rbac_creates_rayservices(api, k8s_api, ku
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert "Forbidden" not in out and "forbidden" not in out, out[-3000:]
+
+    # NetworkPolicies switched off (networkPolicy.enabled=false): the restarted operator deletes the one it made,
+    # with the chart's RBAC alone; the RayService stays.
+    env["TEXTGEN_NETWORK_POLICY"] = json.dumps({"enabled": False})
+    proc = subprocess.Popen([sys.executable, "-m", "textgen_operator", "--namespace", namespace, "--log-format",
+                             "plain", "--metrics-port", "0"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: not net.list_namespaced_network_policy(namespace).items or
+                 (proc.poll() is not None and pytest.fail(f"operator exited {proc.returncode}")),
+                 "the NetworkPolicy deleted once policies are switched off", timeout=60)
+        assert get(api, namespace, C.RAYSERVICE_PLURAL, name)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert "Deleted NetworkPolicy" in out and "orbidden" not in out, out[-3000:]

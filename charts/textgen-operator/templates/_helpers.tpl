@@ -81,10 +81,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   - apiGroups: ["ray.io"]
     resources: ["rayclusters"]
     verbs: ["get", "patch"]
-  # The NetworkPolicy around each TextGenService's Ray pods (server-side apply; read for drift).
+  # The NetworkPolicy around each TextGenService's Ray pods (server-side apply; read for drift; deleted when
+  # NetworkPolicies are switched off).
   - apiGroups: ["networking.k8s.io"]
     resources: ["networkpolicies"]
-    verbs: ["get", "create", "patch"]
+    verbs: ["get", "create", "patch", "delete"]
   # Pods of a pending Ray cluster, to report those that cannot be scheduled.
   - apiGroups: [""]
     resources: ["pods"]

@@ -17,7 +17,7 @@ RECONCILES = Counter("textgen_operator_reconciles", "Reconciles of a TextGenServ
                      ["outcome"])
 DRIFT_REPAIRS = Counter("textgen_operator_drift_repairs",
                         "Objects re-applied outside reconcile because they drifted from their TextGenService or "
-                        "went missing.", ["kind"])
+                        "went missing (or a NetworkPolicy deleted there, policies switched off).", ["kind"])
 HANDLER_ERRORS = Counter("textgen_operator_handler_errors",
                          "Handler and loop runs that raised (kopf retries reconcile; the loops retry next round).",
                          ["handler"])

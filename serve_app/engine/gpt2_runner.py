@@ -112,6 +112,8 @@ class GPT2Runner:
         nd, b, base = len(step.decode_tokens), len(step.prompts), step.base
         lens = [len(p) for p in step.prompts]
         self.cache.ensure(max([p + 1 for p in step.decode_positions] + [n + 1 for n in lens]), base + b)
+        cap = self.cache.tokens
+        heads = torch.arange(H)[None, :]
         xs = []
         if nd:
             tok = torch.tensor(step.decode_tokens, dtype=torch.long)
@@ -119,21 +121,24 @@ class GPT2Runner:
             Td = int(pos.max()) + 1
             # rows of the cache viewed as [slots*heads*capacity, head_dim] that this step writes (index_copy_ is
             # ~2x cheaper than advanced-index assignment here)
-            cap = self.cache.tokens
-            widx = ((torch.arange(nd)[:, None] * H + torch.arange(H)[None, :]) * cap + pos[:, None]).reshape(-1)
+            widx = ((torch.arange(nd)[:, None] * H + heads) * cap + pos[:, None]).reshape(-1)
             valid = torch.arange(Td)[None, :] <= pos[:, None]  # [nd, Td]
             if self.attention == "sdpa":
                 dmask = valid[:, None, None, :]
-            else:
-                dmask = torch.zeros((nd, 1, 1, Td), dtype=cdt).masked_fill_(~valid[:, None, None, :], float("-inf"))
+            else:  # additive, one row per (request, head): baddbmm adds it inside the score matmul
+                dmask = torch.zeros((nd, H, 1, Td), dtype=cdt).masked_fill_(~valid[:, None, None, :], float("-inf"))
+                dmask = dmask.view(nd * H, 1, Td)
             xs.append(self.wte[tok] + self.wpe[pos])
         if b:
             # Prompts are packed back to back (no padding): the linear layers, most of a prefill's cost, only see
-            # real tokens; attention runs per prompt (causal), which is cheap next to them.
+            # real tokens.
             ids = torch.tensor([t for p in step.prompts for t in p], dtype=torch.long)
             ppos = torch.cat([torch.arange(n) for n in lens])
             starts = [0, *itertools.accumulate(lens)]
             xs.append(self.wte[ids] + self.wpe[ppos])
+            prompt_of = torch.repeat_interleave(torch.arange(b), torch.tensor(lens))  # [tokens]
+            # every prompt token's cache rows, written with one index_copy_ per layer for all prompts
+            pidx = (((base + prompt_of)[:, None] * H + heads) * cap + ppos[:, None]).reshape(-1)
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
         for li, L in enumerate(self.blocks):
             h = F.layer_norm(x, (E,), *L.ln1, self.eps).to(cdt)
@@ -144,26 +149,29 @@ class GPT2Runner:
                 q, k, v = qkv[:nd].view(nd, 3, H, D).unbind(1)  # [nd, H, D]
                 kc.view(-1, D).index_copy_(0, widx, k.reshape(nd * H, D))
                 vc.view(-1, D).index_copy_(0, widx, v.reshape(nd * H, D))
-                K, V = kc[:nd, :, :Td], vc[:nd, :, :Td]  # views of the cache, no copy
-                q = q.unsqueeze(2)  # [nd, H, 1, D]
                 if self.attention == "sdpa":
-                    o = F.scaled_dot_product_attention(q, K, V, attn_mask=dmask, scale=L.scale)
+                    K, V = kc[:nd, :, :Td], vc[:nd, :, :Td]  # views of the cache, no copy
+                    o = F.scaled_dot_product_attention(q.unsqueeze(2), K, V, attn_mask=dmask, scale=L.scale)
                 else:
-                    att = torch.matmul(q, K.transpose(-1, -2)) * L.scale + dmask
-                    o = torch.matmul(torch.softmax(att, dim=-1), V)
+                    # (request, head) pairs as one batch of [1, Td] score rows over views of the cache; the scale and
+                    # the mask ride inside baddbmm: three ops per layer, not five.
+                    K = kc[:nd, :, :Td].reshape(nd * H, Td, D)
+                    V = vc[:nd, :, :Td].reshape(nd * H, Td, D)
+                    att = torch.baddbmm(dmask, q.reshape(nd * H, 1, D), K.transpose(1, 2), alpha=L.scale)
+                    o = torch.bmm(torch.softmax(att, dim=-1), V)
                 outs.append(o.reshape(nd, E))
             if b:
-                q, k, v = qkv[nd:].view(-1, 3, H, D).permute(1, 2, 0, 3).unbind(0)  # [H, tokens, D]
-                for i, n in enumerate(lens):
-                    qi, ki, vi = (t[:, starts[i]: starts[i] + n] for t in (q, k, v))
-                    kc[base + i, :, :n] = ki
-                    vc[base + i, :, :n] = vi
-                    o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=L.scale)  # [H, n, D]
+                q, k, v = qkv[nd:].view(-1, 3, H, D).unbind(1)  # [tokens, H, D]
+                kc.view(-1, D).index_copy_(0, pidx, k.reshape(-1, D))
+                vc.view(-1, D).index_copy_(0, pidx, v.reshape(-1, D))
+                for i, n in enumerate(lens):  # attention per prompt (causal): cheap next to the linear layers
+                    qi, ki, vi = (t[starts[i]: starts[i] + n].transpose(0, 1) for t in (q, k, v))  # [H, n, D]
+                    o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=L.scale)
                     outs.append(o.transpose(0, 1).reshape(n, E))
             o = outs[0] if len(outs) == 1 else torch.cat(outs)
-            x = x + L.proj(o.to(cdt)).float()
+            x = L.proj.add_to(x, o.to(cdt))  # the residual add fused into the projection
             h = F.layer_norm(x, (E,), *L.ln2, self.eps).to(cdt)
-            x = x + L.mlp_proj(L.fc(h, gelu=self.gelu)).float()
+            x = L.mlp_proj.add_to(x, L.fc(h, gelu=self.gelu))
         if b:
             last = x[nd:][torch.tensor(starts[1:]) - 1]  # each prompt's last position
             x = last if not nd else torch.cat([x[:nd], last])

@@ -68,6 +68,19 @@ class Linear:
         # One fused op, not gelu_new's seven: at batch 1 (int8) each elementwise op's dispatch costs as much as its math.
         return F.gelu(y, approximate=gelu) if gelu else y
 
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``residual + (x @ W + b)``: one oneDNN call with a sum post-op (bit-identical to the separate add, tested),
+        so the residual stream costs no extra op per block."""
+        if self.kind != "dnnl" or residual.dtype != self.cdt:  # bfloat16 compute: the residual stream stays fp32
+            return residual + self(x).to(residual.dtype)
+        m = x.shape[0]
+        mp = row_bucket(m)
+        if mp != m:
+            x = torch.cat([x, x.new_zeros(mp - m, x.shape[1])])
+            residual = torch.cat([residual, residual.new_zeros(mp - m, residual.shape[1])])
+        y = torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.w, self.b, "add")
+        return y if mp == m else y[:m]
+
 
 def _int8_dynamic(w_out_in: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Module:
     """A dynamically quantized linear: int8 weights per output channel, activations quantized per call (fbgemm /

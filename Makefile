@@ -63,6 +63,6 @@ lint: venv lint-chart ## Lint Python (ruff, if installed) and the Helm chart.
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv, .cache and .models).
-	rm -rf build dist *.egg-info .pytest_cache
+	rm -rf build dist *.egg-info operator/*.egg-info contract/*.egg-info .pytest_cache
 
 include $(sort $(wildcard mk/*.mk))

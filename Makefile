@@ -39,11 +39,13 @@ help: ## Show this help.
 .PHONY: venv
 venv: $(VENV)/.installed ## Create or update the Python virtualenv (.venv), reusing pip's cache.
 
+# The project's three distributions, editable: the serving contract, the operator, the serve app with the bench and
+# dev extras (one pip run, so the operator's and the app's textgen-contract is ./contract, never an index's).
 # Versions come from constraints.txt (`make constraints`), as in the images.
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml operator/pyproject.toml contract/pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade 'pip>=24' >/dev/null
-	$(PIP) install -c constraints.txt -e '.[serve,operator,bench,dev]'
+	$(PIP) install -c constraints.txt -e ./contract -e ./operator -e '.[bench,dev]'
 	@touch $@
 
 .PHONY: test
@@ -57,10 +59,10 @@ test-unit: venv ## Run only the fast tests (no Ray, no cluster).
 
 .PHONY: lint
 lint: venv lint-chart ## Lint Python (ruff, if installed) and the Helm chart.
-	@if $(VENV)/bin/python -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check serve_app operator tests bench tools hack; fi
+	@if $(VENV)/bin/python -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check serve_app operator contract tests bench tools hack; fi
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv, .cache and .models).
-	rm -rf build dist *.egg-info .pytest_cache
+	rm -rf build dist *.egg-info operator/*.egg-info contract/*.egg-info .pytest_cache
 
 include $(sort $(wildcard mk/*.mk))

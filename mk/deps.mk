@@ -3,5 +3,5 @@
 CONSTRAINTS := $(ROOT)/constraints.txt
 
 .PHONY: constraints
-constraints: ## Re-resolve pyproject.toml's dependencies (all extras) into constraints.txt; run after editing them (needs only python3 and pip, not the venv).
+constraints: ## Re-resolve the three pyproject.toml files' dependencies (all extras; the project's own distributions left out) into constraints.txt; run after editing them (needs only python3 and pip, not the venv).
 	$(PYTHON) $(ROOT)/hack/deps/constraints.py $(CONSTRAINTS)

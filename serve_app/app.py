@@ -19,13 +19,13 @@ import json
 import logging
 from typing import Any, Dict, Optional
 
+import textgen_contract as contract
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from serve_app import contract
 from serve_app.config import AppArgs
 from serve_app.http_body import read_body
 from serve_app.model_deployment import GPT2Model, torch_threads_for  # noqa: F401 - re-exported

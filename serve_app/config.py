@@ -1,6 +1,6 @@
 """Typed arguments of the serve application (``args`` in a Serve config / RayService ``serveConfigV2``).
 
-Defaults and bounds come from `serve_app.contract`, shared with the operator: unknown keys are rejected, so a typo in a
+Defaults and bounds come from `textgen_contract`, shared with the operator: unknown keys are rejected, so a typo in a
 TextGenService or a serve config fails the deploy instead of being silently ignored.
 """
 
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
+import textgen_contract as C
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from serve_app import contract as C
 
 
 class AppArgs(BaseModel):

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import yaml
-
-from serve_app.contract import APP_NAME, INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT
+from textgen_contract import APP_NAME, INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "serve_app" / "config" / "local.yaml"

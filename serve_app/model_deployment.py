@@ -11,9 +11,9 @@ import logging
 import os
 from typing import Any, AsyncIterator, Dict, Optional
 
+import textgen_contract as contract
 from ray import serve
 
-from serve_app import contract
 from serve_app.config import AppArgs
 from serve_app.detokenize import DecodeStreamDecoder, TextStream
 from serve_app.openmp import loaded_runtime

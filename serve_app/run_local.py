@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import yaml
+from textgen_contract import APP_NAME
 
-from serve_app.contract import APP_NAME
 from serve_app.launch_config import DEFAULT_CONFIG, ROOT, apply_overrides, load_serve_config  # noqa: F401 - re-exported
 from serve_app.openmp import apply_replica_env
 

@@ -31,8 +31,9 @@ MIN_FREE_GB="${MIN_FREE_GB:-30}"
 export STORAGE_DRIVER=overlay BUILDAH_ISOLATION=chroot
 
 hash_of() { sha256sum | cut -c1-12; }
-# Files of the build context an image uses (git-tracked or not, minus caches): its part of the key.
-tree_hash() { (cd "$ROOT" && find "$@" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z \
+# Files of the build context an image uses (git-tracked or not, minus caches and the metadata editable installs write
+# into operator/ and contract/; the dockerignore leaves the same out): its part of the key.
+tree_hash() { (cd "$ROOT" && find "$@" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 | sort -z \
   | xargs -0 sha256sum) | hash_of; }
 
 BASE_KEY="$(echo "$RECIPE $DEBIAN_SUITE $BASE_PACKAGES $(sed -n '/^build_base()/,/^}/p' "$0" | sha256sum)" | hash_of)"
@@ -40,8 +41,8 @@ BASE_IMAGE="localhost/textgen-local/debian-python:3.11-$DEBIAN_SUITE-$BASE_KEY"
 PAUSE_C="$(go env GOMODCACHE)/k8s.io/kubernetes@$(kube_version)/build/pause/linux/pause.c"
 PAUSE_KEY="$( { echo "$RECIPE"; cat "$PAUSE_C" 2>/dev/null; } | hash_of)"
 PAUSE_IMAGE="localhost/textgen-local/pause:3.10-$PAUSE_KEY"
-OPERATOR_KEY="$( { echo "$BASE_KEY"; tree_hash images/operator pyproject.toml README.md constraints.txt operator serve_app; } | hash_of)"
-SERVE_KEY="$( { echo "$BASE_KEY"; tree_hash images/serve pyproject.toml constraints.txt serve_app; (cd "$LOCAL_MODEL_DIR" && cat textgen.json config.json); } | hash_of)"
+OPERATOR_KEY="$( { echo "$BASE_KEY"; tree_hash images/operator constraints.txt contract operator; } | hash_of)"
+SERVE_KEY="$( { echo "$BASE_KEY"; tree_hash images/serve pyproject.toml constraints.txt serve_app contract; (cd "$LOCAL_MODEL_DIR" && cat textgen.json config.json); } | hash_of)"
 OPERATOR_IMAGE="localhost/textgen-operator:local-$OPERATOR_KEY"
 SERVE_IMAGE="localhost/textgen-serve:local-$SERVE_KEY"
 
@@ -91,11 +92,11 @@ build_pause() {
   log "pause image $PAUSE_IMAGE"
 }
 
-# The serve image's requirements: pyproject.toml's base dependencies and `serve` extra (what its Dockerfile
-# installs), one per line.
+# The serve image's requirements: the root pyproject.toml's dependencies (textgen-serve's) but textgen-contract, which
+# the image copies as source (what its Dockerfile installs), one per line.
 serve_requirements() {
   "$PY" -c "import tomllib; p = tomllib.load(open('$ROOT/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))"
+print('\n'.join(d for d in p['dependencies'] if not d.startswith('textgen-contract')))"
 }
 
 fill_wheelhouse() {

@@ -12,9 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import textgen_contract as SC
 import yaml
-
-from serve_app import contract as SC
 
 from . import constants as C
 from . import pod_security as PS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from serve_app import contract as SC
+import textgen_contract as SC
 
 # --- the TextGenService resource -------------------------------------------------------------------------------
 GROUP = "textgen.dev"
@@ -35,7 +35,7 @@ SERVE_IMAGE_REPOSITORY = "textgen-serve"
 SERVE_IMAGE_TAG = "0.1.0"
 DEFAULT_IMAGE = f"{SERVE_IMAGE_REPOSITORY}:{SERVE_IMAGE_TAG}"
 
-# The serve app's names and port: the one serving contract (serve_app/contract.py).
+# The serve app's names and port: the one serving contract (contract/textgen_contract/__init__.py).
 APP_NAME = SC.APP_NAME
 APP_IMPORT_PATH = SC.APP_IMPORT_PATH
 MODEL_DEPLOYMENT = SC.MODEL_DEPLOYMENT

@@ -11,9 +11,8 @@ import math
 import re
 from typing import Any, Literal, Optional
 
+import textgen_contract as SC
 from pydantic import Field, model_validator
-
-from serve_app import contract as SC
 
 from . import memory
 from .constants import (

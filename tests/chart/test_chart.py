@@ -224,12 +224,14 @@ def test_container_args_are_accepted_by_the_operator_cli(extra, expected):
 
 
 def test_app_version_is_the_projects_version():
-    """appVersion tags the operator image (and the serve image: textgen_operator's default); it is the package's."""
+    """appVersion tags the operator image (operator/pyproject.toml) and the serve image (textgen_operator's default;
+    the root pyproject.toml): both distributions' version, which tests/deps/test_dists.py keeps one."""
     import tomllib
 
-    project = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]
+    root = CHART.parents[1]
+    versions = {tomllib.loads((root / d / "pyproject.toml").read_text())["project"]["version"] for d in (".", "operator")}
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    assert chart["appVersion"] == project["version"]
+    assert versions == {chart["appVersion"]}
 
 
 # The chart tools: helm-unittest suites and the helm-docs README (hack/chart-tools, `make chart-tools`).

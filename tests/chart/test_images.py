@@ -81,7 +81,7 @@ def stage_args(stage: Stage, global_args: dict[str, str]) -> dict[str, str]:
 def pyproject_pins() -> dict[str, str]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     pins = {}
-    for dep in data["project"]["optional-dependencies"]["serve"]:
+    for dep in data["project"]["dependencies"]:
         m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?==([^;\s]+)", dep.strip())
         if m:
             pins[m.group(1).lower()] = m.group(3)
@@ -151,9 +151,13 @@ def test_operator_image_is_slim_and_has_no_torch():
     assert all(re.fullmatch(r"python:3\.11\.\d+-slim-\w+", s.image) for s in stages)
     runs = " ".join(rest for s in stages for instr, rest in s.instructions if instr == "RUN")
     installs = re.findall(r"pip install ([^&]+)", runs)
-    assert any("'.[operator]'" in i for i in installs), installs
-    assert not any(re.search(r"torch|ray|transformers|\[serve|serve\]", i) for i in installs), installs
+    # The operator's and the contract's distributions only: nothing of the serve app is copied or installed.
+    assert any("./contract ./operator" in i for i in installs), installs
+    assert not any(re.search(r"torch|ray|transformers|\[serve|serve\]|\.\[|serve_app", i) for i in installs), installs
+    copies = [rest for s in stages for instr, rest in s.instructions if instr == "COPY"]
+    assert not [c for c in copies if "serve_app" in c or "pyproject.toml" in c.split()[:-1]], copies
     assert "! /opt/venv/bin/python -c \"import torch\"" in runs  # the build fails if torch sneaks in
+    assert "! /opt/venv/bin/python -c \"import serve_app\"" in runs  # ... or the serve app does
     entry = [rest for instr, rest in stages[-1].instructions if instr == "ENTRYPOINT"]
     assert entry == ['["python", "-m", "textgen_operator"]']
 
@@ -172,11 +176,13 @@ def test_serve_image_versions_match_the_operator_and_pyproject():
     args = stage_args(final, global_args)
     runs = "\n".join(rest for instr, rest in final.instructions if instr == "RUN")
     # Users get CPU-only torch from PyTorch's CPU index unless they override the build arg; its version and every
-    # other package's come from constraints.txt, the packages from pyproject.toml's serve extra (ray[serve]==RAY_VERSION).
+    # other package's come from constraints.txt, the packages from pyproject.toml's dependencies (ray[serve]==RAY_VERSION)
+    # but the project's own textgen-contract, which the image copies as source.
     assert args["TORCH_INDEX_ARGS"] == '"--index-url https://download.pytorch.org/whl/cpu"'
     assert 'pip install --no-deps ${TORCH_INDEX_ARGS} "$(grep \'^torch==\' /tmp/deps/constraints.txt)"' in runs
     assert "pip install -c /tmp/deps/constraints.txt -r /tmp/deps/serve.txt" in runs
-    assert "['optional-dependencies']['serve']" in runs and 'grep -qx "ray\\[serve\\]==${RAY_VERSION}"' in runs
+    assert "p['dependencies'] if not d.startswith('textgen-contract')" in runs
+    assert 'grep -qx "ray\\[serve\\]==${RAY_VERSION}"' in runs
     installs = [seg for seg in re.split(r"&&|\n", runs) if "pip install" in seg]
     assert installs and not [i for i in installs if re.search(r"==[\d$]", i)], "versions belong in constraints.txt"
     # The Python of the base (py311) is the project's: the venv that runs the tests is 3.11 too.
@@ -199,6 +205,9 @@ def test_serve_image_bakes_gpt2_and_the_app():
     assert next(s for s in stages if s.name == "weights-selected").image == "weights"
     assert any(c.startswith("--from=weights-selected") and "/models" in c for c in copies)
     assert any("serve_app/ /home/ray/app/serve_app/" in c for c in copies)
+    assert any("contract/textgen_contract/ /home/ray/app/textgen_contract/" in c for c in copies)
+    runs = "\n".join(rest for instr, rest in final.instructions if instr == "RUN")
+    assert "import textgen_contract, serve_app.config" in runs  # the build fails unless both import from the app path
     env = " ".join(rest for instr, rest in final.instructions if instr == "ENV")
     assert "PYTHONPATH=/home/ray/app" in env and "HF_HOME=/models/hf" in env
 
@@ -209,8 +218,9 @@ def test_serve_image_pins_the_weights_and_keeps_code_out_of_the_runtime_users_ha
     assert re.fullmatch(r"[0-9a-f]{40}", stage_args(weights, global_args)["MODEL_REVISION"]), "pin a Hub commit"
     final = stages[-1]
     # The app and the weights are COPY'd without --chown (root's), after `USER root`, and the runtime USER is last.
-    copies = [rest for instr, rest in final.instructions if instr == "COPY" and ("/models" in rest or "serve_app" in rest)]
-    assert len(copies) == 2 and not any("--chown" in c for c in copies), copies
+    copies = [rest for instr, rest in final.instructions
+              if instr == "COPY" and re.search(r"/models|serve_app|textgen_contract", rest)]
+    assert len(copies) == 3 and not any("--chown" in c for c in copies), copies
     users = [rest for instr, rest in final.instructions if instr == "USER"]
     assert users[-1] == "1000:100" and "root" in users[:-1]
     runs = "\n".join(rest for instr, rest in final.instructions if instr == "RUN")

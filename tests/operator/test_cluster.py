@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 import pytest
+import textgen_contract as SC
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -24,7 +25,6 @@ from textgen_operator import handlers
 from textgen_operator.builder import build_rayservice, worker_bounds
 from textgen_operator.spec import TextGenServiceSpec
 
-from serve_app import contract as SC
 from serve_app.run_local import free_port
 from tests.operator.tgs_common import CRD_PATH, GOLDEN_DIR, ROOT, RULE_CASES, SAMPLES, create_tgs, get, get_tgs, load_sample
 from tests.support import wait_for

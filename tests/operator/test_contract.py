@@ -1,4 +1,4 @@
-"""One serving contract (serve_app/contract.py): the app's AppArgs and the operator's Serving spec derive from it,
+"""One serving contract (textgen_contract, contract/): the app's AppArgs and the operator's Serving spec derive from it,
 and the committed local Serve config is what the operator's builder makes of a default TextGenService."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import textgen_contract as SC
 import yaml
 from textgen_operator import constants as OC
 from textgen_operator.builder import app_args
 from textgen_operator.render import render_local_serve_config
 from textgen_operator.spec import Serving, TextGenServiceSpec
 
-from serve_app import contract as SC
 from serve_app.config import AppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def bounds(model, name: str) -> tuple:
 
 
 def test_the_contract_module_needs_nothing_but_the_standard_library():
-    tree = ast.parse((ROOT / "serve_app" / "contract.py").read_text())
+    tree = ast.parse((ROOT / "contract" / "textgen_contract" / "__init__.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported

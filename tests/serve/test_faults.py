@@ -14,8 +14,8 @@ import time
 
 import httpx
 import pytest
+import textgen_contract as contract
 
-from serve_app import contract
 from serve_app.app import RETRY_AFTER_S
 from serve_app.config import AppArgs
 from tests.serve.fault_injection import TEST_MAX_STEP_S, build_faulty_app

@@ -52,6 +52,8 @@ def _base_env() -> dict:
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONUNBUFFERED"] = "1"
+    # Every torch-based system gets what our replicas get (serve_app/openmp.py): torch's large tensors on huge pages.
+    env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     env.pop("RAY_ADDRESS", None)  # never attach to someone else's Ray
     return env
 

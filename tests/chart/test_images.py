@@ -229,7 +229,13 @@ def test_serve_image_pins_the_weights_and_keeps_code_out_of_the_runtime_users_ha
     assert ("RUN", "chmod -R a+rX,go-w /models") in selected.instructions
     # Intel OpenMP preloaded (serve_app/openmp.py), checked at build time.
     env = " ".join(rest for instr, rest in final.instructions if instr == "ENV")
-    assert "LD_PRELOAD=/usr/local/lib/textgen-libiomp5.so" in env and "KMP_BLOCKTIME=1" in env
+    assert "LD_PRELOAD=/usr/local/lib/textgen-libiomp5.so" in env
+    from serve_app.openmp import replica_env
+
+    wanted = {k: v for k, v in replica_env({}).items() if k != "LD_PRELOAD"}  # the rest as make run's replicas get it
+    assert wanted.keys() >= {"KMP_BLOCKTIME", "THP_MEM_ALLOC_ENABLE"}
+    for key, value in wanted.items():
+        assert f"{key}={value}" in env, f"the serve image must set {key}={value} as serve_app/openmp.py does"
     assert "OMP_WAIT_POLICY" not in env
     assert "loaded_runtime() == 'intel'" in runs
 

@@ -46,6 +46,9 @@ $(VENV)/.installed: pyproject.toml operator/pyproject.toml contract/pyproject.to
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade 'pip>=24' >/dev/null
 	$(PIP) install -c constraints.txt -e ./contract -e ./operator -e '.[bench,dev]'
+	@# A checkout from before the split has the one distribution's metadata at the root, where pytest's path would
+	@# find it before the operator's own (operator/textgen_operator.egg-info).
+	@rm -rf textgen_operator.egg-info
 	@touch $@
 
 .PHONY: test

@@ -19,6 +19,13 @@ def row_bucket(m: int) -> int:
     return (m + 63) // 64 * 64
 
 
+def pad_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with zero rows appended up to `row_bucket` of its row count (``x`` itself when already there)."""
+    m = x.shape[0]
+    mp = row_bucket(m)
+    return x if mp == m else torch.cat([x, x.new_zeros(mp - m, x.shape[1])])
+
+
 class Linear:
     """The weight is pre-packed once for oneDNN in the compute dtype (float32 or bfloat16; AMX on CPUs that have
     it; ``packed_batch`` is a layout hint, any batch size works), with the tanh-GELU fused into the MLP's first
@@ -58,11 +65,9 @@ class Linear:
             # oneDNN builds (JITs) a kernel per new row count M (~1.5 ms per weight shape, measured); mixed
             # decode+prefill steps produce many distinct M, so pad M up to a few buckets to reuse kernels.
             m = x.shape[0]
-            mp = row_bucket(m)
-            if mp != m:
-                x = torch.cat([x, x.new_zeros(mp - m, x.shape[1])])
-            y = torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "gelu" if gelu else "none", [], gelu or "")
-            return y if mp == m else y[:m]
+            y = torch.ops.mkldnn._linear_pointwise(pad_rows(x), self.w, self.b, "gelu" if gelu else "none", [],
+                                                   gelu or "")
+            return y[:m]
         else:
             y = F.linear(x, self.w, self.b)
         # One fused op, not gelu_new's seven: at batch 1 (int8) each elementwise op's dispatch costs as much as its math.
@@ -74,12 +79,7 @@ class Linear:
         if self.kind != "dnnl" or residual.dtype != self.cdt:  # bfloat16 compute: the residual stream stays fp32
             return residual + self(x).to(residual.dtype)
         m = x.shape[0]
-        mp = row_bucket(m)
-        if mp != m:
-            x = torch.cat([x, x.new_zeros(mp - m, x.shape[1])])
-            residual = torch.cat([residual, residual.new_zeros(mp - m, residual.shape[1])])
-        y = torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.w, self.b, "add")
-        return y if mp == m else y[:m]
+        return torch.ops.mkldnn._linear_pointwise.binary(pad_rows(x), pad_rows(residual), self.w, self.b, "add")[:m]
 
 
 def _int8_dynamic(w_out_in: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Module:

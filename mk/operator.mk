@@ -28,7 +28,7 @@ uninstall: ## Delete the TextGenService CRD (and every TextGenService) from $KUB
 
 .PHONY: run-operator
 run-operator: ## Run the operator locally against $KUBECONFIG (default .cluster/kubeconfig); OPERATOR_ARGS=--namespace x.
-	KUBECONFIG=$(OPERATOR_KUBECONFIG) $(OPERATOR_PY) -m textgen_operator --liveness http://127.0.0.1:0/healthz $(OPERATOR_ARGS)
+	KUBECONFIG=$(OPERATOR_KUBECONFIG) $(OPERATOR_PY) -m textgen_operator --liveness http://127.0.0.1:0/healthz --metrics-host 127.0.0.1 $(OPERATOR_ARGS)
 
 .PHONY: test-operator
 test-operator: ## Run the operator tests (cluster tests skip without a control plane).

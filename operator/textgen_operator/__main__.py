@@ -4,6 +4,7 @@
     python -m textgen_operator --all-namespaces          # cluster-wide (the default when no namespace is given)
     python -m textgen_operator --log-format json -v      # structured logs
     python -m textgen_operator --metrics-port 0          # no Prometheus endpoint (default: :8081/metrics)
+    python -m textgen_operator --metrics-host 127.0.0.1  # metrics on loopback only (`make run-operator`)
 
 Equivalent to `kopf run --standalone --liveness=... -m textgen_operator.handlers ...`, plus the operator's
 Prometheus metrics (metrics.py), which only this entry point serves. The kubeconfig comes from
@@ -20,6 +21,7 @@ import sys
 from .constants import METRICS_PORT
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+DEFAULT_METRICS_HOST = "0.0.0.0"
 
 
 def options(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +35,9 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
                                                                                             "full"))
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("TEXTGEN_METRICS_PORT", METRICS_PORT)),
                    help=f"port of the Prometheus endpoint /metrics (default {METRICS_PORT}); 0 disables")
+    p.add_argument("--metrics-host", default=os.environ.get("TEXTGEN_METRICS_HOST", DEFAULT_METRICS_HOST),
+                   help=f"address the Prometheus endpoint binds (default {DEFAULT_METRICS_HOST}, what a pod needs for "
+                        "scraping; 127.0.0.1 keeps it on the machine)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-d", "--debug", action="store_true")
     args = p.parse_args(argv)
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import metrics
 
     args = options(argv)
-    metrics.serve(args.metrics_port)  # before kopf: a port in use stops the operator here, with its error
+    metrics.serve(args.metrics_port, args.metrics_host)  # before kopf: a port in use stops the operator here, with its error
     return kopf_main(args=kopf_command(args), prog_name="textgen-operator", standalone_mode=True) or 0
 
 

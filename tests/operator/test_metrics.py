@@ -4,6 +4,7 @@ and drift repairs against the real API server; the chart's Deployment names the 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import urllib.request
@@ -42,6 +43,34 @@ def test_the_port_option_and_its_default():
     assert not any("metrics" in a for a in kopf_args(["--metrics-port", "9999"]))  # ours, not kopf's
     with pytest.raises(SystemExit):
         options(["--metrics-port", "70000"])
+
+
+def test_the_metrics_host_option_reaches_the_endpoint_and_make_run_operator_keeps_it_on_loopback(monkeypatch):
+    from textgen_operator import __main__ as entry
+
+    assert options([]).metrics_host == "0.0.0.0"  # in a pod: Prometheus scrapes the pod IP
+    monkeypatch.setenv("TEXTGEN_METRICS_HOST", "::1")
+    assert options([]).metrics_host == "::1"
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_serve(port, addr):
+        seen.append((port, addr))
+        raise Stop  # before kopf would start
+
+    monkeypatch.setattr(metrics, "serve", fake_serve)
+    with pytest.raises(Stop):
+        entry.main(["--metrics-port", "9199", "--metrics-host", "127.0.0.1"])
+    assert seen == [(9199, "127.0.0.1")]
+    # `make run-operator` runs on a developer's machine: liveness and metrics on loopback only.
+    monkeypatch.delenv("TEXTGEN_METRICS_HOST")
+    recipe = subprocess.run(["make", "-s", "-n", "run-operator", "OPERATOR_ARGS="], capture_output=True, text=True,
+                            cwd=ROOT, check=True).stdout
+    argv = shlex.split(recipe.strip().splitlines()[-1])
+    ours = options(argv[argv.index("textgen_operator") + 1:])
+    assert ours.metrics_host == "127.0.0.1" and ours.liveness.startswith("http://127.0.0.1:")
 
 
 def test_serve_exposes_every_series_from_zero_and_0_disables():

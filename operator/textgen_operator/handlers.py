@@ -178,14 +178,14 @@ def apply_rayservice(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def ray_auth_token(namespace: str, ray_cluster: str) -> str | None:
-    """The bearer token RayCluster `ray_cluster`'s dashboard wants (Ray token auth: the Secret KubeRay made for it,
-    ray_auth.py), or None when there is none or it cannot be read (the call then goes without one)."""
-    try:
-        secret = core_api().read_namespaced_secret(RA.auth_secret_name(ray_cluster), namespace,
-                                                   _request_timeout=API_TIMEOUT_S)
-    except (ApiException, OSError):
-        return None
-    return RA.token_from_secret(secret.data)
+    """RayCluster `ray_cluster`'s dashboard token (ray_auth.py; its Secret read once a minute at most), or None."""
+    def read() -> str | None:
+        try:
+            return RA.token_from_secret(core_api().read_namespaced_secret(
+                RA.auth_secret_name(ray_cluster), namespace, _request_timeout=API_TIMEOUT_S).data)
+        except (ApiException, OSError):
+            return None
+    return RA.TOKENS.get((namespace, ray_cluster), read)
 
 
 def observe(tgs: Mapping[str, Any], rayservice: Mapping[str, Any] | None) -> dict[str, Any]:

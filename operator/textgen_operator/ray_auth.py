@@ -16,11 +16,16 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
+from .ttl_cache import TTLCache
+
 AUTH_OPTIONS: dict[str, Any] = {"mode": "token"}
 # The minimum Ray version KubeRay accepts with authOptions.mode token (utils/validation.go).
 MIN_RAY_VERSION = (2, 52, 0)
 TOKEN_KEY = "auth_token"  # utils.RAY_AUTH_TOKEN_SECRET_KEY
 _MAX_NAME = 50  # utils.CheckName
+# The tokens the status loop sends to the dashboards, by (namespace, RayCluster): it asks every 5 s, the Secret is
+# read once a minute at most (a cluster's token does not change; a new cluster has a new name, so a new key).
+TOKENS: TTLCache[str] = TTLCache(ttl_s=60)
 
 
 def auth_secret_name(ray_cluster: str) -> str:

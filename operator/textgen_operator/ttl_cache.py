@@ -33,10 +33,9 @@ class TTLCache(Generic[V]):
                 return hit[0]
         value = fetch()  # outside the lock: a slow read must not hold up other keys
         with self._lock:
+            self._entries.pop(key, None)  # re-inserted last when found, so insertion order stays age order
             if value is None:
-                self._entries.pop(key, None)
                 return None
-            self._entries.pop(key, None)
             if len(self._entries) >= self.max_entries:
                 for k in [k for k, (_, expires) in self._entries.items() if expires <= now]:
                     del self._entries[k]

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     from . import metrics
 
     args = options(argv)
-    metrics.serve(args.metrics_port, args.metrics_host)  # before kopf: a port in use stops the operator here, with its error
+    # Before kopf: a port in use stops the operator here, with its error.
+    metrics.serve(args.metrics_port, args.metrics_host)
     return kopf_main(args=kopf_command(args), prog_name="textgen-operator", standalone_mode=True) or 0
 
 

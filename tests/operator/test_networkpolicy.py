@@ -73,6 +73,21 @@ def test_the_chart_passes_its_values_to_the_operator():
     assert settings.serve_from == ({"namespaceSelector": {"matchLabels": {"team": "a"}}},)
 
 
+def test_chart_control_plane_from_reaches_the_policy_after_the_builtin_peers():
+    """networkPolicy.controlPlaneFrom (e.g. the API servers' addresses, for KubeRay's --use-kubernetes-proxy) is
+    admitted to the control ports only, after KubeRay's operator and this operator, and never to the Serve port."""
+    api_servers = {"ipBlock": {"cidr": "10.0.0.0/24"}}
+    objs = render_objects("--set", "networkPolicy.controlPlaneFrom[0].ipBlock.cidr=10.0.0.0/24")
+    (deploy,) = [o for o in objs if o["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = settings_from_env(env)
+    assert len(settings.control_plane_from) == 3 and settings.control_plane_from[2] == api_servers
+    _own, control, serve = build_networkpolicy("gpt2", "ns", settings)["spec"]["ingress"]
+    assert control["from"][0] == settings.control_plane_from[0] and control["from"][2] == api_servers
+    assert ports(control) == set(CONTROL_PLANE_PORTS.values())
+    assert "from" not in serve  # serveFrom is empty: the extra control-plane peer changes nothing there
+
+
 @pytest.mark.parametrize("path", SAMPLES, ids=[p.stem for p in SAMPLES])
 def test_every_sample_asks_kuberay_for_token_auth(path):
     doc = yaml.safe_load(path.read_text())

@@ -2,8 +2,9 @@
 
 One block per system at the top concurrency (``baseline``, ``peer`` = transformers serve, ``vllm``, ``textgen`` =
 ours, the replica count with the higher tokens/s there), each with ``tokens_per_s``, ``errors`` (the system's
-whole sweep, streaming pass included) and ``dtype``; the ratios; and the goals of issue 17, each True, False,
-or None when what it compares was not measured (a peer switched off, a concurrency not in the sweep).
+whole sweep, streaming pass included, every round), ``dtype`` and ``rounds_tokens_per_s`` (bench/rounds.py); the
+ratios; and the goals of issue 17, each True, False, or None when what it compares was not measured (a peer
+switched off, a concurrency not in the sweep).
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ def point_at(system: Optional[dict], concurrency: int) -> Optional[dict]:
     return None
 
 
+def point_errors(point: dict) -> int:
+    """The point's errors, streaming pass included; over every round when the point merges rounds."""
+    if "rounds_errors" in point:
+        return sum(point["rounds_errors"])
+    return point["errors"] + ((point.get("stream") or {}).get("errors") or 0)
+
+
 def system_errors(system: dict) -> int:
-    return sum(p["errors"] + ((p.get("stream") or {}).get("errors") or 0) for p in system.get("points", []))
+    return sum(point_errors(p) for p in system.get("points", []))
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -59,6 +67,7 @@ def headline(results: dict) -> dict:
             "replicas": s.get("replicas", 1),
             "dtype": s.get("dtype", "float32"),
             "tokens_per_s": tps(name),
+            "rounds_tokens_per_s": point_at(s, top).get("rounds_tokens_per_s", [tps(name)]),
             "errors": system_errors(s),
             "tokens_per_s_by_concurrency": {str(c): tps(name, c) for c in sweep},
             "p50_latency_s_by_concurrency": {str(c): p50(name, c) for c in sweep},

@@ -146,6 +146,7 @@ def render_headline(results: dict) -> str:
         vs = "–" if key == "textgen" or not h.get("tokens_per_s") or ours_tps is None else (
             f"{ours_tps / h['tokens_per_s']:.2f}×")
         rows.append(f"| {name} | {h.get('dtype', 'float32')} | {cells} | {h.get('errors', '–')} | {vs} |")
+    rows += render_rounds(results)
     eo = results.get("engine_offline")
     if not eo:
         return "\n".join(rows + ["", "_Engines alone (ours vs OpenVINO GenAI): not run._"])
@@ -166,6 +167,18 @@ def render_headline(results: dict) -> str:
         else:
             rows.append(f"| {label} | {dt.get(key, '–')} | {_f(eo.get(key))} | {_s(lat.get(key))} | {agree} |")
     return "\n".join(rows)
+
+
+def render_rounds(results: dict) -> list[str]:
+    """With several rounds: how each system's tokens/s at the top concurrency varied from round to round."""
+    rounds = results.get("rounds") or 1
+    if rounds < 2:
+        return []
+    per = [f"{label} {' / '.join(_f(x) for x in h.get('rounds_tokens_per_s') or [])}"
+           for key, label in HEADLINE_SYSTEMS if (h := results.get(key))]
+    return ["", f"{rounds} rounds, the systems taking turns; each cell is the median round's (the lower middle one "
+            f"for an even count, bench/rounds.py). Every round at c={results.get('concurrency')}, tok/s: "
+            + "; ".join(per) + "."]
 
 
 CHECK_KEYS = {"ours": "ours", "ours_int8": "ours_int8", "openvino": "openvino_fp32", "openvino_int8": "openvino_int8"}
@@ -229,7 +242,7 @@ def render_capacity(results: dict) -> str:
 def render_block(results: Optional[dict]) -> str:
     """Pure: everything between the README markers (markers excluded)."""
     if not results:
-        return "\n_No results yet: run `make bench` (about 20-40 minutes on 2 cores)._\n"
+        return "\n_No results yet: run `make bench` (about 50-80 minutes on 2 cores with its 3 rounds)._\n"
     m = results.get("machine") or {}
     base, peer, ours = results.get("baseline"), results.get("peer"), results.get("textgen")
     top = results.get("concurrency")

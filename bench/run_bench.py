@@ -11,6 +11,9 @@ Systems, started one at a time (never two at once, so each has the machine to it
 4. ``textgen-<N>``: our serve app on Ray Serve with N model replicas, for N in ``--replicas``
    (default: 1 and the CPU count, "as many replicas as the cores allow").
 
+With ``--rounds N`` (``make bench``: ``BENCH_ROUNDS``, default 3) the systems take turns N times and each point
+reports its median round (``bench/rounds.py``), every round's tokens/s beside it.
+
 Same weights, same prompts (``bench/prompts.txt``, in the same order), same number of new tokens
 (greedy). For each system and each concurrency of the sweep: warm-up requests (not counted), then a
 fixed number of non-streaming requests, closed loop (requests/s, generated tokens/s, p50/p95
@@ -44,6 +47,7 @@ from bench.headline import headline, point_at  # noqa: F401 - re-exported for ca
 from bench.machine import machine_info, versions
 from bench.peer_vllm import DEFAULT_ARGS as DEFAULT_VLLM_ARGS
 from bench.peer_vllm import venv_python, vllm_spec
+from bench.rounds import merge_rounds
 from bench.servers import Server, ServerSpec, baseline_spec, peer_spec, textgen_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,9 +258,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--timeout", type=float, default=900.0, help="client timeout per request, seconds")
     p.add_argument("--note", default=os.environ.get("BENCH_NOTE", ""),
                    help="free text stored with the machine info (e.g. 'machine shared with builds')")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the systems this many times, taking turns; each point reports the median round's "
+                        "(bench/rounds.py: this machine's speed drifts more than some of the gaps measured)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--log-dir", type=Path, default=None)
     a = p.parse_args(argv)
+    if a.rounds < 1:
+        p.error("--rounds must be at least 1")
 
     cpus = os.cpu_count() or 1
     if a.smoke:
@@ -325,12 +334,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     reference = greedy_check.reference_completion(str(model_dir), prompts[0], new_tokens)
     results["greedy_reference"] = {"prompt": reference["prompt"], "tokens": len(reference["token_ids"]),
                                    "by": "transformers generate(do_sample=False), float32, in the harness"}
-    for spec in specs:
-        results["systems"][spec.name] = run_system(
-            spec, model_dir=model_dir, concurrencies=sweep, new_tokens=new_tokens, prompts=prompts,
-            min_requests=min_requests, per_slot=per_slot, timeout_s=a.timeout, stream=not a.no_stream,
-            log_dir=log_dir, reference=reference,
-        )
+    results["rounds"] = a.rounds
+    by_round: dict[str, list[dict]] = {spec.name: [] for spec in specs}
+    for r in range(a.rounds):
+        if a.rounds > 1:
+            say(f"round {r + 1} of {a.rounds}")
+        for spec in specs:
+            by_round[spec.name].append(run_system(
+                spec, model_dir=model_dir, concurrencies=sweep, new_tokens=new_tokens, prompts=prompts,
+                min_requests=min_requests, per_slot=per_slot, timeout_s=a.timeout, stream=not a.no_stream,
+                log_dir=log_dir, reference=reference,
+            ))
+    results["systems"] = {name: merge_rounds(runs) for name, runs in by_round.items()}
     if not a.smoke and not a.no_engine_offline:
         results["engine_offline"] = run_engine_offline(model_dir, new_tokens, log_dir, no_openvino=a.no_openvino)
     results["duration_s"] = round(time.monotonic() - t0, 1)

@@ -343,7 +343,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             by_round[spec.name].append(run_system(
                 spec, model_dir=model_dir, concurrencies=sweep, new_tokens=new_tokens, prompts=prompts,
                 min_requests=min_requests, per_slot=per_slot, timeout_s=a.timeout, stream=not a.no_stream,
-                log_dir=log_dir, reference=reference,
+                log_dir=log_dir if a.rounds == 1 else log_dir / f"round-{r + 1}", reference=reference,
             ))
     results["systems"] = {name: merge_rounds(runs) for name, runs in by_round.items()}
     if not a.smoke and not a.no_engine_offline:

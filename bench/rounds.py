@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.headline import point_errors
+
 
 def median_round(values: list[float]) -> int:
     """Index of the median value (the lower middle one for an even count)."""
     order = sorted(range(len(values)), key=lambda i: values[i])
     return order[(len(values) - 1) // 2]
-
-
-def _errors(point: dict) -> int:
-    return int(point.get("errors") or 0) + int((point.get("stream") or {}).get("errors") or 0)
 
 
 def merge_rounds(results: list[dict]) -> dict[str, Any]:
@@ -46,7 +44,7 @@ def merge_rounds(results: list[dict]) -> dict[str, Any]:
         tps = [float(p["tokens_per_s"]) for p in at_c]
         point = dict(at_c[median_round(tps)])
         point["rounds_tokens_per_s"] = tps
-        point["rounds_errors"] = [_errors(p) for p in at_c]
+        point["rounds_errors"] = [point_errors(p) for p in at_c]
         points.append(point)
     merged["points"] = points
     return merged

@@ -33,14 +33,12 @@ def merge_rounds(results: list[dict]) -> dict[str, Any]:
     if failed:
         merged["failed"] = failed[0]
     merged["rounds"] = len(results)
-    concurrencies: list[int] = []
+    by_concurrency: dict[int, list[dict]] = {}  # in the order the sweep first reached each concurrency
     for r in results:
         for p in r.get("points", []):
-            if p["concurrency"] not in concurrencies:
-                concurrencies.append(p["concurrency"])
+            by_concurrency.setdefault(p["concurrency"], []).append(p)
     points = []
-    for c in concurrencies:
-        at_c = [p for r in results for p in r.get("points", []) if p["concurrency"] == c]
+    for at_c in by_concurrency.values():
         tps = [float(p["tokens_per_s"]) for p in at_c]
         point = dict(at_c[median_round(tps)])
         point["rounds_tokens_per_s"] = tps
